@@ -1,0 +1,28 @@
+# Every target installs what it needs into $(VENV) first.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+
+.PHONY: install demo test lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[serve,dev]'
+	touch $@
+
+demo: install
+	$(PY) tools/demo.py
+
+test: install
+	$(PY) -m pytest -q -m "not gpu"
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) build model_store/*.mar logs

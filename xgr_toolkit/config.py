@@ -1,0 +1,202 @@
+"""Structured configuration: the model, the beam search and serving.
+
+Dataclasses inside, YAML at the edges (omegaconf). Every value is checked when a config is built,
+and a bad one raises :class:`ConfigError` naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+__all__ = [
+    "BeamConfig",
+    "ConfigError",
+    "ModelConfig",
+    "PRESETS",
+    "ServeConfig",
+    "XGRConfig",
+    "load_config",
+    "preset",
+    "save_config",
+]
+
+NORMALIZATIONS = ("vocab", "level")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type, or out of its allowed range."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        super().__init__(f"config key '{key}' = {value!r} is invalid: allowed {allowed}")
+        self.key, self.value, self.allowed = key, value, allowed
+
+
+def _at_least(section: str, name: str, value: int, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{section}.{name}", value, f"an integer >= {low}")
+
+
+def _one_of(section: str, name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{section}.{name}", value, f"one of {list(allowed)}")
+
+
+@dataclass
+class ModelConfig:
+    """Shape of a Llama/Qwen3-style GR decoder and its vocabulary layout.
+
+    Token ids: ``[0, sid_offset)`` and ``[sid_offset + levels*codes, vocab_size)`` are context
+    tokens; the token of code ``c`` at SID level ``j`` is ``sid_offset + j*codes + c``.
+    """
+
+    name: str = "tiny"
+    num_layers: int = 2
+    hidden_size: int = 64
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 16
+    intermediate_size: int = 128
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    qk_norm: bool = True  # Qwen3: RMSNorm over each head's q and k before RoPE
+    qkv_bias: bool = False  # Qwen2: biases on the q, k, v projections
+    tie_embeddings: bool = False
+    max_prompt_tokens: int = 96
+    sid_offset: int = 64  # context tokens before the SID codes
+    levels: int = 3  # L
+    codes: int = 64  # C, codes a level
+    vocab_size: int = 0  # 0: sid_offset + levels * codes
+
+    def __post_init__(self) -> None:
+        for name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
+                     "intermediate_size", "max_prompt_tokens", "levels", "codes"):
+            _at_least("model", name, getattr(self, name), 1)
+        _at_least("model", "sid_offset", self.sid_offset, 0)
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError("model.num_kv_heads", self.num_kv_heads,
+                              f"a divisor of model.num_heads = {self.num_heads}")
+        if self.head_dim % 2:
+            raise ConfigError("model.head_dim", self.head_dim, "an even integer (rotary pairs)")
+        if not self.rope_theta > 0:
+            raise ConfigError("model.rope_theta", self.rope_theta, "a number > 0")
+        if not 0 < self.rms_norm_eps < 1:
+            raise ConfigError("model.rms_norm_eps", self.rms_norm_eps, "a number in (0, 1)")
+        if self.vocab_size == 0:
+            self.vocab_size = self.sid_end
+        if self.vocab_size < self.sid_end:
+            raise ConfigError("model.vocab_size", self.vocab_size,
+                              f">= sid_offset + levels * codes = {self.sid_end}")
+
+    @property
+    def sid_end(self) -> int:
+        """One past the last SID token."""
+        return self.sid_offset + self.levels * self.codes
+
+
+@dataclass
+class BeamConfig:
+    """Constrained beam search over the catalog's semantic IDs."""
+
+    beam_width: int = 16  # W
+    top_k: int = 16  # items returned
+    normalize: str = "vocab"  # "vocab": log-softmax over the vocabulary; "level": over the level's codes
+
+    def __post_init__(self) -> None:
+        _at_least("beam", "beam_width", self.beam_width, 1)
+        _at_least("beam", "top_k", self.top_k, 1)
+        if self.top_k > self.beam_width:
+            raise ConfigError("beam.top_k", self.top_k, f"1..beam_width = {self.beam_width}")
+        _one_of("beam", "normalize", self.normalize, NORMALIZATIONS)
+
+
+@dataclass
+class ServeConfig:
+    """How the engine runs: device, precision, batching and compilation."""
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    max_batch: int = 8
+    max_wait_ms: float = 5.0
+    prompt_buckets: list[int] = field(default_factory=lambda: [32, 96])
+    compile: bool = False
+    cuda_graphs: bool = False
+
+    def __post_init__(self) -> None:
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError("serve.device", self.device, "'cpu', 'cuda' or 'cuda:N'")
+        _one_of("serve", "dtype", self.dtype, DTYPES)
+        _at_least("serve", "max_batch", self.max_batch, 1)
+        if not self.max_wait_ms >= 0:
+            raise ConfigError("serve.max_wait_ms", self.max_wait_ms, "a number >= 0")
+        buckets = list(self.prompt_buckets)
+        if not buckets or buckets != sorted(set(buckets)) or buckets[0] < 1:
+            raise ConfigError("serve.prompt_buckets", buckets,
+                              "a non-empty, strictly increasing list of integers >= 1")
+
+
+@dataclass
+class XGRConfig:
+    """Everything a model directory's ``config.yaml`` holds."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    beam: BeamConfig = field(default_factory=BeamConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+
+def _qwen3(name: str, layers: int, hidden: int, mlp: int, prompt: int) -> ModelConfig:
+    # GR vocabulary of ../shared/BENCHMARKS.md: 1,024 context tokens + 3 levels x 8,192 codes.
+    return ModelConfig(name=name, num_layers=layers, hidden_size=hidden, num_heads=16,
+                       num_kv_heads=8, head_dim=128, intermediate_size=mlp, rope_theta=1e6,
+                       qk_norm=True, tie_embeddings=False, max_prompt_tokens=prompt,
+                       sid_offset=1024, levels=3, codes=8192)
+
+
+PRESETS = {
+    "tiny": lambda: ModelConfig(),
+    "qwen3-0.6b-gr": lambda: _qwen3("qwen3-0.6b-gr", 28, 1024, 3072, 1024),
+    "qwen3-1.7b-gr": lambda: _qwen3("qwen3-1.7b-gr", 28, 2048, 6144, 8192),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    """A named model shape: ``tiny``, ``qwen3-0.6b-gr`` or ``qwen3-1.7b-gr``."""
+    if name not in PRESETS:
+        raise ConfigError("model.preset", name, f"one of {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+T = TypeVar("T")
+
+
+def _build(schema: type[T], values: Any, where: str) -> T:
+    """Merge ``values`` into the structured ``schema``; type and range errors become ConfigError."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), values)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"{where}: {key}", getattr(err, "value", None),
+                          f"a value of the declared type ({err.msg.splitlines()[0]})") from None
+
+
+def load_config(path: str | Path) -> XGRConfig:
+    """Read and validate a ``config.yaml``; unknown keys, wrong types and bad ranges raise."""
+    path = Path(path)
+    try:
+        values = OmegaConf.load(path)
+    except FileNotFoundError:
+        raise ConfigError(str(path), None, "an existing YAML file") from None
+    except Exception as err:  # yaml's parser errors have no common base worth naming
+        raise ConfigError(str(path), None, f"valid YAML ({err})") from None
+    return _build(XGRConfig, values, str(path))
+
+
+def save_config(config: XGRConfig, path: str | Path) -> None:
+    OmegaConf.save(OmegaConf.create(dataclasses.asdict(config)), Path(path))

@@ -1,0 +1,37 @@
+"""Engines: what turns validated requests into recommendations. Every engine answers exactly as
+:func:`~xgr_toolkit.reference.reference_beam_search` does; they differ only in speed."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .model_dir import GRModel
+from .reference import reference_beam_search
+from .request import RecRequest, ScoredItem
+
+__all__ = ["ENGINES", "Engine", "ReferenceEngine", "build_engine"]
+
+
+class Engine(Protocol):
+    def recommend(self, requests: list[RecRequest]) -> list[list[ScoredItem]]:
+        """One list of items per request, best first."""
+        ...
+
+
+class ReferenceEngine:
+    """One request at a time, full recompute, full sort: the definition, not the fast path."""
+
+    def __init__(self, model: GRModel):
+        self.model = model
+
+    def recommend(self, requests: list[RecRequest]) -> list[list[ScoredItem]]:
+        return [reference_beam_search(self.model.decoder, self.model.catalog, r) for r in requests]
+
+
+ENGINES = {"reference": ReferenceEngine}
+
+
+def build_engine(model: GRModel, name: str = "reference") -> Engine:
+    if name not in ENGINES:
+        raise ValueError(f"engine {name!r} is not available; allowed {sorted(ENGINES)}")
+    return ENGINES[name](model)

@@ -1,0 +1,48 @@
+"""Grouped-query self-attention with optional per-head q/k RMSNorm (Qwen3).
+
+The module owns the projections, norms and RoPE; *how* queries meet keys is a strategy passed in
+(:data:`AttendFn`), so the same weights serve training (causal attention over the sequence) and the
+beam engine (a shared prompt cache plus per-beam caches).
+"""
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .rms_norm import RMSNorm
+from .rotary import apply_rotary
+
+__all__ = ["AttendFn", "GroupedQueryAttention", "causal_attend"]
+
+# attend(layer, q [B, H, T, D], k [B, Hkv, T, D], v [B, Hkv, T, D]) -> out [B, H, T, D]
+AttendFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def causal_attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Plain causal attention over the tokens passed in (training, full recompute)."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+
+class GroupedQueryAttention(nn.Module):
+    def __init__(self, layer: int, hidden_size: int, num_heads: int, num_kv_heads: int,
+                 head_dim: int, qk_norm: bool, qkv_bias: bool, eps: float):
+        super().__init__()
+        self.layer, self.num_heads, self.num_kv_heads, self.head_dim = layer, num_heads, num_kv_heads, head_dim
+        self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=False)
+        self.q_norm = RMSNorm(head_dim, eps) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(head_dim, eps) if qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: AttendFn) -> torch.Tensor:
+        """x: [B, T, hidden]; cos, sin: [B, 1, T, D] -> [B, T, hidden]."""
+        B, T, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, T, self.num_heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # [B, H|Hkv, T, D]
+        out = attend(self.layer, q, k, v)  # [B, H, T, D]
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))

@@ -1,0 +1,73 @@
+"""GRDecoder: a decoder-only transformer over context and semantic-ID tokens."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .attention import AttendFn, GroupedQueryAttention, causal_attend
+from .mlp import SwiGLU
+from .rms_norm import RMSNorm
+from .rotary import RotaryEmbedding
+
+__all__ = ["DecoderLayer", "GRDecoder", "IGNORE_INDEX"]
+
+IGNORE_INDEX = -100  # label of positions the loss skips
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, layer: int, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = GroupedQueryAttention(layer, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads,
+                                               cfg.head_dim, cfg.qk_norm, cfg.qkv_bias, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: AttendFn) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attend)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class GRDecoder(nn.Module):
+    """Llama/Qwen3-style decoder. Parameter names follow Hugging Face's, minus the ``model.`` prefix.
+
+    ``forward`` with the default ``attend`` is the training forward (causal, teacher forcing);
+    the beam engine passes its own ``attend`` that reads and writes its KV cache.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(i, cfg) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+                      attend: AttendFn = causal_attend) -> torch.Tensor:
+        """tokens: [B, T]; positions: [B, T] (default 0..T-1) -> final-normed states [B, T, hidden]."""
+        if positions is None:
+            positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+        x = self.embed_tokens(tokens)
+        cos, sin = self.rotary(positions, x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, attend)
+        return self.norm(x)
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+                attend: AttendFn = causal_attend) -> torch.Tensor:
+        """tokens: [B, T] -> logits [B, T, V]."""
+        return self.lm_head(self.hidden_states(tokens, positions, attend))
+
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Next-token cross-entropy with teacher forcing.
+
+        tokens: [B, T] inputs; labels: [B, T], the token each position must predict, or
+        ``IGNORE_INDEX`` (history positions, padding). Returns the mean over labelled positions.
+        """
+        logits = self(tokens)  # [B, T, V]
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
