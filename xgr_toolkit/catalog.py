@@ -116,7 +116,9 @@ class ItemCatalog:
         return cls(table[:, 0], table[:, 1:], num_codes)
 
     def save(self, path: str | Path) -> None:
-        save_file({"item_ids": self.item_ids, "codes": self.codes}, str(path),
+        # Fresh contiguous copies: safetensors refuses views that share storage (a CSV table's columns do).
+        tensors = {"item_ids": self.item_ids, "codes": self.codes}
+        save_file({name: t.clone(memory_format=torch.contiguous_format) for name, t in tensors.items()}, str(path),
                   metadata={"num_codes": str(self.num_codes)})
 
     @classmethod
@@ -136,9 +138,14 @@ class ItemCatalog:
     def num_sids(self) -> int:
         return self.sid_keys.shape[0]
 
+    @property
+    def items_per_sid(self) -> torch.Tensor:
+        """[S] items holding each unique SID."""
+        return self._sid_offsets.diff()
+
     def collisions(self) -> dict[tuple[int, ...], list[int]]:
         """Every SID held by more than one item -> those item ids (ascending)."""
-        counts = self._sid_offsets.diff()
+        counts = self.items_per_sid
         return {self.sid_of_key(int(self.sid_keys[s])): self.items_of_sid_index(s)
                 for s in (counts > 1).nonzero().flatten().tolist()}
 

@@ -7,12 +7,13 @@ and a bad one raises :class:`ConfigError` naming the key, the value and what is 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 __all__ = [
     "BeamConfig",
@@ -33,8 +34,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type, or out of its allowed range."""
 
-    def __init__(self, key: str, value: Any, allowed: str):
-        super().__init__(f"config key '{key}' = {value!r} is invalid: allowed {allowed}")
+    def __init__(self, key: str, value: Any, allowed: str, where: str = ""):
+        prefix = f"{where}: " if where else ""
+        super().__init__(f"{prefix}config key '{key}' = {value!r} is invalid: allowed {allowed}")
         self.key, self.value, self.allowed = key, value, allowed
 
 
@@ -125,14 +127,22 @@ class ServeConfig:
     max_batch: int = 8
     max_wait_ms: float = 5.0
     prompt_buckets: list[int] = field(default_factory=lambda: [32, 96])
-    compile: bool = False
-    cuda_graphs: bool = False
+    max_exclusions: int = 256  # excluded items a request may name
+    compile: bool = False  # torch.compile each phase (prefill, steps)
+    cuda_graphs: bool = False  # replay each (batch, prompt) bucket's whole search as one CUDA graph
+    # The xGR techniques, each switchable for ablations; the defaults are the fast engine.
+    shared_prompt_kv: bool = True  # False: the prompt KV is duplicated per beam (dense attention)
+    masked_sorter: bool = True  # False: torch.topk over all W x C candidates
+    overlap: bool = True  # False: each batch's host work waits for the GPU
 
     def __post_init__(self) -> None:
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError("serve.device", self.device, "'cpu', 'cuda' or 'cuda:N'")
         _one_of("serve", "dtype", self.dtype, DTYPES)
         _at_least("serve", "max_batch", self.max_batch, 1)
+        _at_least("serve", "max_exclusions", self.max_exclusions, 0)
+        if self.cuda_graphs and not self.device.startswith("cuda"):
+            raise ConfigError("serve.cuda_graphs", True, "false unless serve.device is 'cuda'")
         if not self.max_wait_ms >= 0:
             raise ConfigError("serve.max_wait_ms", self.max_wait_ms, "a number >= 0")
         buckets = list(self.prompt_buckets)
@@ -175,15 +185,63 @@ def preset(name: str) -> ModelConfig:
 T = TypeVar("T")
 
 
+def _keys(schema: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(schema)]
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint) if typing.get_origin(hint) else getattr(hint, "__name__", str(hint))
+
+
+def _declared_type(schema: type, full_key: str) -> Any:
+    """The declared type of ``full_key`` (``model.num_layers``, ``serve.prompt_buckets[0]``) in ``schema``."""
+    hint: Any = schema
+    for part in full_key.split("."):
+        name, _, index = part.partition("[")
+        hint = typing.get_type_hints(hint)[name]
+        if index:
+            hint = typing.get_args(hint)[0]
+    return hint
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def _declared_defaults(schema: type) -> DictConfig:
+    """``schema`` for omegaconf, each section's fields at their declared defaults: building the default
+    sections ran their ``__post_init__``, and a value it derived (``model.vocab_size``) must be derived
+    again from the merged values, not kept from the defaults."""
+    base = OmegaConf.structured(schema)
+    for name, hint in typing.get_type_hints(schema).items():
+        if dataclasses.is_dataclass(hint):
+            for f in dataclasses.fields(hint):
+                if f.default is not dataclasses.MISSING:
+                    base[name][f.name] = f.default
+    return base
+
+
 def _build(schema: type[T], values: Any, where: str) -> T:
-    """Merge ``values`` into the structured ``schema``; type and range errors become ConfigError."""
+    """Merge ``values`` into the structured ``schema``; unknown keys and type errors become ConfigError."""
+    if not isinstance(values, (dict, DictConfig)):
+        raise ConfigError("(top level)", _plain(values), f"a mapping with keys {_keys(schema)}", where)
+    hints = typing.get_type_hints(schema)
+    for name in _keys(schema):  # a section given as a scalar or list: omegaconf's error names no key
+        if dataclasses.is_dataclass(hints[name]) and name in values \
+                and not isinstance(values[name], (dict, DictConfig)):
+            raise ConfigError(name, _plain(values[name]), f"a mapping with keys {_keys(hints[name])}", where)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), values)
-        return OmegaConf.to_object(merged)
+        return OmegaConf.to_object(OmegaConf.merge(_declared_defaults(schema), values))
+    except ConfigError as err:  # a range check in __post_init__: say which file
+        raise ConfigError(err.key, err.value, err.allowed, where) from None
+    except ConfigKeyError as err:
+        raise ConfigError(err.full_key, _plain(OmegaConf.select(OmegaConf.create(values), err.full_key)),
+                          f"one of the keys {_keys(err.object_type)}", where) from None
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "?"
-        raise ConfigError(f"{where}: {key}", getattr(err, "value", None),
-                          f"a value of the declared type ({err.msg.splitlines()[0]})") from None
+        if not err.full_key:
+            raise ConfigError("?", None, str(err).splitlines()[0], where) from None
+        raise ConfigError(err.full_key, err.value,
+                          f"a value of type {_type_name(_declared_type(schema, err.full_key))}", where) from None
 
 
 def load_config(path: str | Path) -> XGRConfig:

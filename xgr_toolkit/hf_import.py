@@ -64,7 +64,10 @@ def import_hf(src: str | Path, out: str | Path, catalog_csv: str | Path, sid_off
         weights.pop("lm_head.weight", None)
         weights["lm_head.weight"] = weights["embed_tokens.weight"]
     decoder = GRDecoder(cfg)
-    missing, unexpected = decoder.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = decoder.load_state_dict(weights, strict=False)
+    except RuntimeError as err:  # a tensor whose shape config.json does not give
+        raise ValueError(f"{src}: weights do not match config.json: {str(err).splitlines()[-1].strip()}") from None
     unexpected = [k for k in unexpected if "rotary_emb" not in k]
     if missing or unexpected:
         raise ValueError(f"{src}: weights do not match a {cfg.name} decoder; missing {missing[:5]}, "

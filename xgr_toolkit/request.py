@@ -48,10 +48,15 @@ def sid_tokens(cfg: ModelConfig, codes: torch.Tensor) -> torch.Tensor:
     return cfg.sid_offset + levels * cfg.codes + codes
 
 
+_INT64 = (-2**63, 2**63 - 1)
+
+
 def _int_list(field_name: str, values) -> list[int]:
     if not isinstance(values, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool)
                                                         for v in values):
         raise RequestError(field_name, "must be a list of integers")
+    if any(not _INT64[0] <= v <= _INT64[1] for v in values):  # JSON integers are unbounded; ids are int64
+        raise RequestError(field_name, f"integers must be in [{_INT64[0]}, {_INT64[1]}]")
     return list(values)
 
 

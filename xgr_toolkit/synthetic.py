@@ -37,10 +37,11 @@ def random_catalog(num_items: int, levels: int, codes: int, seed: int = 0, colli
     return ItemCatalog(item_ids, sids, codes)
 
 
-def random_decoder(cfg: ModelConfig, seed: int = 0, std: float = 0.5) -> GRDecoder:
+def random_decoder(cfg: ModelConfig, seed: int = 0, std: float = 0.5, device: str = "cpu") -> GRDecoder:
     """A decoder with random weights large enough to make its distributions far from uniform."""
     torch.manual_seed(seed)
-    decoder = GRDecoder(cfg)
+    with torch.device(device):
+        decoder = GRDecoder(cfg)
     with torch.no_grad():
         for name, p in decoder.named_parameters():
             if "norm" not in name:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..model_dir import load_model_dir
 from ..engines import ENGINES, build_engine
+from ..model_dir import load_model_dir
 from ..request import build_request
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -16,12 +17,18 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected integers separated by spaces; got {text!r}") from None
 
 
+def _positive(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {text!r}")
+    return int(text)
+
+
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir")
     history = p.add_mutually_exclusive_group(required=True)
     history.add_argument("--history-tokens", type=_ints, help='token ids, e.g. "70 135 200"')
     history.add_argument("--history-items", type=_ints, help='item ids, written as their SID tokens')
-    p.add_argument("--beam-width", type=int, required=True)
+    p.add_argument("--beam-width", type=_positive, required=True)
     p.add_argument("--top-k", type=int, required=True)
     p.add_argument("--exclude-items", type=_ints, default=[])
     p.add_argument("--exclude-history", action="store_true", help="also exclude the history's items")

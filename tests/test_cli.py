@@ -1,0 +1,127 @@
+"""The ``xgr`` command: import a Hugging Face checkpoint, recommend, and refuse bad input by name."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from xgr_toolkit import build_request, load_model_dir
+from xgr_toolkit.cli import main
+from xgr_toolkit.reference import reference_beam_search
+from xgr_toolkit.synthetic import random_catalog
+
+
+def _xgr(capsys, *args):
+    """Run ``xgr`` in-process: (exit code, stdout, stderr)."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit:  # argparse's own errors
+        code = exit.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _write_catalog_csv(path: Path, catalog) -> Path:
+    header = ",".join(["item_id"] + [f"code_{j}" for j in range(catalog.levels)])
+    rows = [",".join(map(str, [item, *sid])) for item, sid in zip(catalog.item_ids.tolist(),
+                                                                  catalog.codes.tolist(), strict=True)]
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_import_hf_then_recommend_equals_hf_generate(tmp_path, capsys, tie, hf_causal_lm, hf_constrained_generate):
+    hf = hf_causal_lm("qwen3", levels=3, codes=8, seed=5, tie=tie)
+    hf.save_pretrained(tmp_path / "hf")
+    capsys.readouterr()  # HF's progress bar
+    assert list((tmp_path / "hf").glob("*.safetensors"))
+    catalog = random_catalog(150, levels=3, codes=8, seed=5)
+    csv = _write_catalog_csv(tmp_path / "items.csv", catalog)
+    code, out, err = _xgr(capsys, "import-hf", tmp_path / "hf", tmp_path / "gr", "--catalog", csv,
+                          "--sid-offset", 8, "--levels", 3, "--codes", 8)
+    assert (code, err) == (0, "") and str(tmp_path / "gr") in out
+
+    prompt = torch.randint(2, hf.config.vocab_size, (12,), generator=torch.Generator().manual_seed(5)).tolist()
+    code, out, err = _xgr(capsys, "recommend", tmp_path / "gr", "--engine", "reference", "--history-tokens",
+                          " ".join(map(str, prompt)), "--beam-width", 8, "--top-k", 8)
+    assert (code, err) == (0, "")
+    items = json.loads(out)["items"]
+    expected = hf_constrained_generate(hf, catalog, prompt, beam_width=8)
+    assert [tuple(item["sid"]) for item in items] == [sid for sid, _ in expected]
+    assert [item["item_id"] for item in items] == [catalog.items_of_sid(sid)[0] for sid, _ in expected]
+    assert [item["score"] for item in items] == pytest.approx([score for _, score in expected], abs=1e-4)
+
+
+def test_console_script_recommends_what_the_library_does(tiny_model_dir):
+    xgr = Path(sys.executable).parent / "xgr"
+    result = subprocess.run([xgr, "recommend", tiny_model_dir, "--history-items", "1000 1001", "--beam-width", "8",
+                             "--top-k", "3", "--exclude-history"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    model = load_model_dir(tiny_model_dir)
+    request = build_request(model.config.model, model.catalog, history_items=[1000, 1001], beam_width=8, top_k=3,
+                            max_beam_width=8, exclude_history=True)
+    expected = [item.to_json() for item in reference_beam_search(model.decoder, model.catalog, request)]
+    assert json.loads(result.stdout) == {"items": expected}
+    assert len(expected) == 3 and not {1000, 1001} & {item["item_id"] for item in expected}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--history-tokens", "1 2", "--engine", "turbo"], "--engine turbo: not available; allowed ['reference'"),
+    (["--history-tokens", "1 x 3"], "argument --history-tokens: expected integers separated by spaces; got '1 x 3'"),
+    (["--history-tokens", "1 256"], "history_tokens: tokens must be in [0, 256); got [256]"),
+    (["--history-items", "1000 5"], "history: unknown item id(s): [5]"),
+    (["--history-tokens", "1", "--exclude-items", "7"], "exclude: unknown item id(s): [7]"),
+    (["--history-tokens", "1", "--top-k", "9"], "k: must be an integer in [1, 4]; got 9"),
+    (["--history-tokens", "1", "--beam-width", "0"], "argument --beam-width: expected an integer >= 1; got '0'"),
+    (["--history-tokens", "1", "--normalize", "softmax"], "argument --normalize: invalid choice: 'softmax'"),
+])
+def test_recommend_refuses_bad_input_by_name(tiny_model_dir, capsys, args, message):
+    code, out, err = _xgr(capsys, "recommend", tiny_model_dir, "--beam-width", 4, "--top-k", 2, *args)
+    assert (code, out) == (2, "")
+    assert message in err
+
+
+@pytest.mark.parametrize("missing", ["config.yaml", "model.safetensors", "catalog.safetensors"])
+def test_recommend_refuses_an_incomplete_model_dir(tiny_model_dir, capsys, missing):
+    (tiny_model_dir / missing).unlink()
+    code, _, err = _xgr(capsys, "recommend", tiny_model_dir, "--history-tokens", "1", "--beam-width", 4,
+                        "--top-k", 2)
+    assert code == 2 and f"{tiny_model_dir / missing}: missing" in err
+
+
+def _hf_dir(path: Path, **config) -> Path:
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(config))
+    save_file({"model.embed_tokens.weight": torch.zeros(4, 4)}, str(path / "model.safetensors"))
+    return path
+
+
+@pytest.mark.parametrize("config, csv_text, message", [
+    ({"model_type": "gpt2"}, "item_id,code_0,code_1,code_2\n1,0,0,0\n",
+     "model_type 'gpt2' is not supported; allowed ['llama', 'qwen2', 'qwen3']"),
+    ({"model_type": "llama", "hidden_act": "gelu"}, "item_id,code_0,code_1,code_2\n1,0,0,0\n",
+     "hidden_act 'gelu' is not supported; allowed 'silu'"),
+    ({"model_type": "qwen3", "num_hidden_layers": 1, "hidden_size": 4, "num_attention_heads": 1,
+      "intermediate_size": 8, "vocab_size": 40}, "item,code_0\n1,0\n", "header must be item_id"),
+    ({"model_type": "qwen3", "num_hidden_layers": 1, "hidden_size": 4, "num_attention_heads": 1,
+      "intermediate_size": 8, "vocab_size": 40}, "item_id,code_0,code_1,code_2\n1,0,0,0\n",
+     "weights do not match"),
+])
+def test_import_hf_refuses_what_it_cannot_convert(tmp_path, capsys, config, csv_text, message):
+    src = _hf_dir(tmp_path / "hf", **config)
+    (tmp_path / "items.csv").write_text(csv_text)
+    code, _, err = _xgr(capsys, "import-hf", src, tmp_path / "gr", "--catalog", tmp_path / "items.csv",
+                        "--sid-offset", 8, "--levels", 3, "--codes", 8)
+    assert code == 2 and message in err
+    assert not (tmp_path / "gr").exists()
+
+
+def test_import_hf_needs_config_json(tmp_path, capsys):
+    (tmp_path / "hf").mkdir()
+    code, _, err = _xgr(capsys, "import-hf", tmp_path / "hf", tmp_path / "gr", "--catalog", tmp_path / "items.csv",
+                        "--sid-offset", 8, "--levels", 3, "--codes", 8)
+    assert code == 2 and f"{tmp_path / 'hf' / 'config.json'}: missing" in err
