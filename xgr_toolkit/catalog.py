@@ -82,6 +82,7 @@ class ItemCatalog:
         self.sid_keys, counts = torch.unique_consecutive(keys[by_sid], return_counts=True)  # [S]
         self._sid_offsets = torch.cat((torch.zeros(1, dtype=torch.int64), counts.cumsum(0)))  # [S + 1]
         self.children = [self._level_children(j) for j in range(self.levels)]
+        self.sid_codes = codes[by_sid[self._sid_offsets[:-1]]]  # [S, L] codes of each unique SID
 
     def _level_children(self, level: int) -> LevelChildren:
         child_keys = torch.unique(_prefix_keys(self.codes, level + 1, self.num_codes))  # sorted
@@ -176,6 +177,14 @@ class ItemCatalog:
             key = key * self.num_codes + int(c)
         i = int(torch.searchsorted(self.sid_keys, torch.tensor(key)))
         return i if i < self.num_sids and int(self.sid_keys[i]) == key else -1
+
+    def item_rows_of_sids(self, sids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[n] unique-SID indices -> (catalog rows of their items [M], which of the n each row holds [M]);
+        SID by SID in the given order, item ids ascending within a SID."""
+        starts, counts = self._sid_offsets[sids], self.items_per_sid[sids]
+        owner = torch.repeat_interleave(torch.arange(sids.numel()), counts)
+        within = torch.arange(owner.numel()) - (counts.cumsum(0) - counts)[owner]
+        return self._items_by_sid[starts[owner] + within], owner
 
     def items_of_sid_index(self, s: int) -> list[int]:
         rows = self._items_by_sid[self._sid_offsets[s]:self._sid_offsets[s + 1]]

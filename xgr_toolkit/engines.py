@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from .engine import GREngine
 from .model_dir import GRModel
 from .reference import reference_beam_search
 from .request import RecRequest, ScoredItem
@@ -28,7 +29,7 @@ class ReferenceEngine:
         return [reference_beam_search(self.model.decoder, self.model.catalog, r) for r in requests]
 
 
-ENGINES = {"reference": ReferenceEngine}
+ENGINES = {"reference": ReferenceEngine, "fast": GREngine}
 
 
 def build_engine(model: GRModel, name: str = "reference") -> Engine:

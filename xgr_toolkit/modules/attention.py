@@ -5,7 +5,7 @@ The module owns the projections, norms and RoPE; *how* queries meet keys is a st
 beam engine (a shared prompt cache plus per-beam caches).
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,12 +37,19 @@ class GroupedQueryAttention(nn.Module):
         self.q_norm = RMSNorm(head_dim, eps) if qk_norm else nn.Identity()
         self.k_norm = RMSNorm(head_dim, eps) if qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: AttendFn) -> torch.Tensor:
-        """x: [B, T, hidden]; cos, sin: [B, 1, T, D] -> [B, T, hidden]."""
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x: [B, T, hidden]; cos, sin: [B, 1, T, D] -> q [B, H, T, D], k, v [B, Hkv, T, D] (normed, rotated)."""
         B, T, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(B, T, self.num_heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # [B, H|Hkv, T, D]
-        out = attend(self.layer, q, k, v)  # [B, H, T, D]
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def output(self, out: torch.Tensor) -> torch.Tensor:
+        """out: [B, H, T, D] -> [B, T, hidden]."""
+        B, _, T, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: AttendFn) -> torch.Tensor:
+        """x: [B, T, hidden]; cos, sin: [B, 1, T, D] -> [B, T, hidden]."""
+        return self.output(attend(self.layer, *self.project(x, cos, sin)))

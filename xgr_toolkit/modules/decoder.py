@@ -1,5 +1,9 @@
 """GRDecoder: a decoder-only transformer over context and semantic-ID tokens."""
 
+from __future__ import annotations
+
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,7 +29,17 @@ class DecoderLayer(nn.Module):
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: AttendFn) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attend)
+        """x: [B, T, hidden] -> [B, T, hidden]."""
+        q, k, v = self.attention_inputs(x, cos, sin)
+        return self.attention_output(x, attend(self.self_attn.layer, q, k, v))
+
+    def attention_inputs(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Everything before attention: norm, projections, q/k norm, RoPE."""
+        return self.self_attn.project(self.input_layernorm(x), cos, sin)
+
+    def attention_output(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Everything after attention: output projection, residual, the MLP block."""
+        x = x + self.self_attn.output(attn)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -46,6 +60,21 @@ class GRDecoder(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+
+    def compile_layers(self, **options) -> None:
+        """Regional compilation: ``torch.compile`` each layer's blocks before and after attention.
+
+        Every layer runs the same code, so one compiled graph per input shape serves all layers, and
+        compile time does not grow with depth. Attention stays outside, so any ``attend`` works
+        (cache writes, custom kernels); inside a CUDA graph it costs no launch gaps either.
+        """
+        for layer in self.layers:
+            for block in ("attention_inputs", "attention_output"):
+                setattr(layer, block, torch.compile(getattr(layer, block), fullgraph=True, **options))
+
+    def sharing_weights(self) -> GRDecoder:
+        """A new module tree over the same parameters and buffers (to compile without touching this one)."""
+        return copy.deepcopy(self, memo={id(t): t for t in (*self.parameters(), *self.buffers())})
 
     def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
                       attend: AttendFn = causal_attend) -> torch.Tensor:

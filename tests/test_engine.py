@@ -1,0 +1,82 @@
+"""The fast engine (shared prompt KV, staged attention, masked sorter, catalog masks) == the reference."""
+
+import json
+
+import pytest
+import torch
+
+from xgr_toolkit import ServeConfig
+from xgr_toolkit.cli import main
+from xgr_toolkit.engine import BeamKVCache, GREngine
+from xgr_toolkit.engine.batch import make_batch
+from xgr_toolkit.engines import ReferenceEngine
+
+from engine_cases import assert_same_items, random_case
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_fast_engine_equals_reference(seed):
+    model, requests = random_case(seed)
+    assert_same_items(ReferenceEngine(model).recommend(requests), GREngine(model).recommend(requests))
+
+
+@pytest.mark.parametrize("ablation", ["shared_prompt_kv", "masked_sorter"])
+def test_each_ablation_still_equals_reference(ablation):
+    model, requests = random_case(1, ServeConfig(prompt_buckets=[40], max_batch=4, **{ablation: False}))
+    assert_same_items(ReferenceEngine(model).recommend(requests), GREngine(model).recommend(requests))
+
+
+def test_submit_batches_in_the_background_and_answers_each_request():
+    model, requests = random_case(2, ServeConfig(prompt_buckets=[40], max_batch=3, max_wait_ms=20))
+    engine = GREngine(model)
+    futures = [engine.submit(r) for r in requests]
+    try:
+        got = [f.result(timeout=60) for f in futures]
+    finally:
+        engine.close()
+    assert_same_items(ReferenceEngine(model).recommend(requests), got)
+
+
+def test_prompt_cache_is_written_once_and_its_memory_does_not_depend_on_beam_width():
+    model, requests = random_case(4)
+    search = GREngine(model).search
+    cache = search.cache
+    batch = make_batch(requests[:2], model.catalog, 40, 256)
+    state = search.first_step(search.prefill(batch), batch)
+    prompt_ptr, prompt_before = cache.prompt_k.data_ptr(), cache.prompt_k.clone()
+    beams_before = cache.beam_k.clone()
+    for t in range(1, model.config.model.levels):
+        state = search.decode_step(t, state, batch)
+    assert cache.prompt_k.data_ptr() == prompt_ptr and torch.equal(cache.prompt_k, prompt_before)
+    assert not torch.equal(cache.beam_k, beams_before)  # the per-beam cache did move
+
+    def prompt_bytes(width):
+        c = BeamKVCache()
+        c.setup(2, 4, 40, width, 3, 2, 16, torch.float32, "cpu")
+        return c.prompt_k.nbytes + c.prompt_v.nbytes
+    assert prompt_bytes(16) == prompt_bytes(1024)
+
+
+def test_reorder_moves_only_the_per_beam_cache():
+    cache = BeamKVCache()
+    cache.setup(1, 2, 5, 4, 3, 1, 2, torch.float32, "cpu")
+    cache.beam_k.copy_(torch.arange(cache.beam_k.numel(), dtype=torch.float32).view_as(cache.beam_k))
+    cache.prompt_k.normal_()
+    prompt, beams = cache.prompt_k.clone(), cache.beam_k.clone()
+    parent = torch.tensor([[0, 0, 2, 3], [1, 1, 1, 3]])
+    cache.reorder(parent)
+    assert torch.equal(cache.prompt_k, prompt)
+    for r in range(2):
+        for w in range(4):
+            assert torch.equal(cache.beam_k[0, r, w], beams[0, r, parent[r, w]])
+
+
+def test_cli_fast_engine_prints_what_the_reference_prints(tiny_model_dir, capsys):
+    args = [str(tiny_model_dir), "--history-items", "1000 1001 1002", "--beam-width", "16", "--top-k", "10",
+            "--exclude-items", "1003 1004", "--normalize", "level"]
+    outputs = []
+    for engine in ("reference", "fast"):
+        assert main(["recommend", *args, "--engine", engine]) == 0
+        outputs.append(json.loads(capsys.readouterr().out))
+    assert [i["item_id"] for i in outputs[0]["items"]] == [i["item_id"] for i in outputs[1]["items"]]
+    assert len(outputs[0]["items"]) == 10

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One device call, several stages: `bash tools/gpu_run.sh STAGE...` on the GPU machine, logs under $OUT.
+# Stages: tests (GPU-marked tests), core (ops microbenchmark), bench:WORKLOAD[,WORKLOAD] (xgr bench).
+set -u
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+if [ -d .whl ]; then  # the device image lacks omegaconf: carried wheels
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+for stage in "$@"; do
+  echo "=== $stage $(date +%T)"
+  case $stage in
+    tests) python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 ;;
+    core) timeout ${CORE_TIMEOUT:-300} python3 tools/bench_core.py 2>&1 | tee "$OUT/core.log" | tail -40
+          cp docs/benchmarks/core_microbench.* "$OUT"/ 2>/dev/null ;;
+    bench:*) python3 -m xgr_toolkit bench $(echo ${stage#bench:} | tr , " ") ${BENCH_ARGS:-} --append \
+               2>&1 | tee "$OUT/bench.log" | tail -40
+             cp docs/benchmarks/bench.json docs/benchmarks/bench.png docs/benchmarks.md "$OUT"/ 2>/dev/null ;;
+    *) echo "unknown stage $stage" ;;
+  esac
+done
+echo "=== done $(date +%T)"

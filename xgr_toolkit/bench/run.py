@@ -1,0 +1,214 @@
+"""One workload, every system, one process: the fast engine, its ablations, the eager path and HF."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import random
+import time
+
+import torch
+from tqdm import tqdm
+
+from ..config import BeamConfig, ServeConfig, XGRConfig
+from ..engine import GREngine
+from ..model_dir import GRModel
+from ..request import RecRequest, sid_tokens
+from ..synthetic import random_catalog, random_decoder
+from .flops import request_flops, weight_bytes
+from .hf_baseline import HFConstrainedGenerate
+from .load import closed_loop, open_loop, percentiles
+from .workloads import Workload
+
+__all__ = ["ABLATIONS", "bench_workload", "device_peaks"]
+
+LATENCY_LIMIT_MS = 200.0
+# The fast engine with one technique off at a time, and the eager path with all of them off.
+ABLATIONS = {
+    "no shared prompt KV": {"shared_prompt_kv": False},
+    "no masked sorter": {"masked_sorter": False},
+    "no CUDA graphs": {"cuda_graphs": False},
+    "no compile": {"compile": False},
+    "no overlap": {"overlap": False},
+    "eager reference path": {"shared_prompt_kv": False, "masked_sorter": False, "cuda_graphs": False,
+                             "compile": False, "overlap": False},
+}
+
+
+def device_peaks() -> dict[str, float]:
+    """The bf16 matrix-product rate and the device-to-device copy bandwidth, measured now."""
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    src = torch.randn(1 << 28, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+
+    def timed(fn, reps: int) -> float:
+        fn()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / reps
+
+    mm = timed(lambda: a @ b, 20)
+    copy = timed(lambda: dst.copy_(src), 20)
+    return {"bf16_tflops": 2 * 8192**3 / mm / 1e12, "copy_gbps": 2 * src.nbytes / copy / 1e9}
+
+
+def _requests(w: Workload, catalog, cfg, count: int = 64) -> list[RecRequest]:
+    """Histories of random catalog items, written as exactly P prompt tokens."""
+    rng = random.Random(0)
+    items = catalog.codes[torch.tensor([rng.randrange(len(catalog)) for _ in range(count * w.prompt_tokens)])]
+    tokens = sid_tokens(cfg, items).flatten().view(count, -1)[:, :w.prompt_tokens]
+    return [RecRequest(tuple(t.tolist()), w.beam_width, w.top_k) for t in tokens]
+
+
+def _engine(model: GRModel, serve: ServeConfig) -> tuple[GREngine, float]:
+    start = time.perf_counter()
+    engine = GREngine(dataclasses.replace(model, config=dataclasses.replace(model.config, serve=serve)))
+    engine.warmup()
+    return engine, time.perf_counter() - start
+
+
+def _throughput_at_limit(engine: GREngine, requests, closed_loop_rps: float, seconds: float) -> dict:
+    """The highest Poisson arrival rate whose P99 stays within the limit: halve from the closed-loop
+    rate until one holds, then climb by 1.25x until one fails."""
+    points, best, rate = [], None, closed_loop_rps
+    for _ in range(12):
+        point = open_loop(engine.submit, requests, rate, seconds)
+        points.append(point)
+        ok = point["p99_ms"] <= LATENCY_LIMIT_MS
+        if ok:
+            best = point if best is None or point["achieved_rps"] > best["achieved_rps"] else best
+        elif best is not None:
+            break
+        rate = rate * 1.25 if ok else rate / 2
+    return {"max_rps_at_p99_limit": best["achieved_rps"] if best else 0.0, "sweep": points}
+
+
+def _gpu_ms(engine: GREngine, requests) -> dict:
+    """Device time of one batch per batch bucket (graph replay, no host work), median of 10."""
+    out = {}
+    for R in engine.batch_buckets:
+        launched = [engine.launch(requests[:R]) for _ in range(3)]
+        launched[-1].result()
+        graph = engine._graphs.get(engine.bucket(R, len(requests[0].prompt)))
+        if graph is None:
+            continue
+        times = []
+        for _ in range(10):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        out[f"R{R}"] = sorted(times)[len(times) // 2]
+    return out
+
+
+def _bf16_agreement(model: GRModel, requests, count: int = 4) -> float:
+    """Share of the float32 top-K items that bfloat16 also returns (eager engines, same weights)."""
+    serve = dataclasses.replace(model.config.serve, compile=False, cuda_graphs=False, max_batch=1)
+    f32 = dataclasses.replace(model, decoder=copy.deepcopy(model.decoder).float())
+    want = GREngine(f32, serve).recommend(requests[:count])
+    del f32
+    got = GREngine(model, serve).recommend(requests[:count])
+    shared = [len({i.item_id for i in a} & {i.item_id for i in b}) / max(1, len(a)) for a, b in zip(want, got)]
+    return sum(shared) / len(shared)
+
+
+def _measure(engine: GREngine, requests, seconds: float, sweep: bool) -> dict:
+    out = {f"c{c}": closed_loop(engine.submit, requests, c, seconds, 10_000) for c in (1, 4)}
+    if sweep:
+        out.update(_throughput_at_limit(engine, requests, out["c4"]["throughput_rps"], seconds))
+    torch.cuda.reset_peak_memory_stats()
+    closed_loop(engine.submit, requests, 4, min(seconds, 1.0), 64)
+    out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    engine.close()
+    if engine.serve.cuda_graphs:
+        out["gpu_ms_per_batch"] = _gpu_ms(engine, requests)
+    return out
+
+
+def _hf(decoder, catalog, requests, seconds: float) -> dict:
+    try:
+        hf = HFConstrainedGenerate(decoder, catalog)
+    except torch.OutOfMemoryError:
+        return {"error": "out of memory loading the model"}
+    result: dict = {}
+    try:
+        hf.generate(requests[:1])  # warm-up
+        lat, start = [], time.perf_counter()
+        while time.perf_counter() - start < seconds and len(lat) < 20:
+            lat.append(hf.generate(requests[len(lat) % len(requests):][:1]))
+        result["c1"] = {"requests": len(lat), "throughput_rps": len(lat) / sum(lat), **percentiles(lat)}
+        for batch in (2, 4, 8, 16):
+            seconds_batch = hf.generate(requests[:batch])
+            result[f"batch{batch}_rps"] = batch / seconds_batch
+    except torch.OutOfMemoryError as err:
+        result["error"] = f"out of memory ({str(err).splitlines()[0][:120]})"
+    finally:
+        del hf
+        gc.collect()
+        torch.cuda.empty_cache()
+    best = [v for k, v in result.items() if k.endswith("_rps")] + [result.get("c1", {}).get("throughput_rps", 0.0)]
+    result["best_rps"] = max(best)
+    return result
+
+
+def bench_workload(w: Workload, seconds: float = 3.0, ablations: bool = True, hf: bool = True) -> dict:
+    """Every figure of one workload; see ../shared/BENCHMARKS.md for what each means."""
+    cfg = w.model_config()
+    steps = tqdm(total=4 + (len(ABLATIONS) if ablations else 0) + hf, desc=w.name)
+    decoder = random_decoder(cfg, seed=0, device="cuda").to(torch.bfloat16)
+    catalog = random_catalog(w.catalog_items, cfg.levels, cfg.codes, seed=0)
+    requests = _requests(w, catalog, cfg)
+    serve = ServeConfig(device="cuda", dtype="bfloat16", max_batch=w.max_batch, prompt_buckets=[w.prompt_tokens],
+                        max_wait_ms=2.0, compile=True, cuda_graphs=True)
+    model = GRModel(XGRConfig(model=cfg, beam=BeamConfig(beam_width=w.beam_width, top_k=w.top_k), serve=serve),
+                    decoder, catalog)
+    result: dict = {"workload": dataclasses.asdict(w), "peaks": device_peaks()}
+    steps.update()
+    engine, result["warmup_s"] = _engine(model, serve)
+    result["xgr"] = _measure(engine, requests, seconds, sweep=True)
+    steps.update()
+    flops = request_flops(cfg, w.prompt_tokens, w.beam_width)
+    peak = result["peaks"]["bf16_tflops"] * 1e12
+    rps = max(result["xgr"]["max_rps_at_p99_limit"], result["xgr"]["c4"]["throughput_rps"])
+    c1 = result["xgr"]["c1"]["p50_ms"] / 1e3
+    result["flops"] = flops
+    result["mfu"] = flops["total"] * rps / peak
+    floor_compute = flops["total"] / peak
+    floor_bytes = weight_bytes(cfg) / w.max_batch / (result["peaks"]["copy_gbps"] * 1e9)
+    result["floor_ms"] = max(floor_compute, floor_bytes) * 1e3
+    result["decode_floor_ms"] = flops["decode"] / peak * 1e3
+    result["c1_p50_over_floor"] = c1 * 1e3 / result["floor_ms"]
+    steps.update()
+    result["bf16_top_k_agreement"] = _bf16_agreement(model, requests)
+    steps.update()
+    if ablations:
+        result["ablations"] = {}
+        for name, change in ABLATIONS.items():
+            try:
+                ablated, warm = _engine(model, dataclasses.replace(serve, **change))
+                result["ablations"][name] = {"warmup_s": warm, **_measure(ablated, requests, seconds, sweep=False)}
+                del ablated
+            except torch.OutOfMemoryError as err:
+                result["ablations"][name] = {"error": f"out of memory ({str(err).splitlines()[0][:120]})"}
+            gc.collect()
+            torch.cuda.empty_cache()
+            steps.update()
+    if hf:
+        del engine
+        gc.collect()
+        torch.cuda.empty_cache()
+        result["hf"] = _hf(decoder, catalog, requests, seconds)
+        if result["hf"].get("best_rps"):
+            result["speedup_vs_hf"] = rps / result["hf"]["best_rps"]
+        steps.update()
+    steps.close()
+    return result

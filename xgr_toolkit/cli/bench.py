@@ -1,0 +1,50 @@
+"""Benchmark the engine against its ablations and HF transformers on a GPU; writes JSON, PNG, markdown."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..bench.workloads import WORKLOADS
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("workloads", nargs="*", default=list(WORKLOADS), help=f"of {list(WORKLOADS)}")
+    p.add_argument("--out", default="docs/benchmarks", help="folder for bench.json and bench.png")
+    p.add_argument("--seconds", type=float, default=3.0, help="seconds a measurement point")
+    p.add_argument("--no-ablations", action="store_true")
+    p.add_argument("--no-hf", action="store_true")
+    p.add_argument("--report", action="store_true", help="only regenerate docs/benchmarks.md from the JSON")
+    p.add_argument("--append", action="store_true", help="add to (or replace in) an existing bench.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..bench.report import markdown_table, plot, write_markdown
+    from ..bench.run import bench_workload
+
+    out = Path(args.out)
+    if args.report:
+        write_markdown(out / "bench.json", out.parent / "benchmarks.md")
+        return 0
+    unknown = [w for w in args.workloads if w not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"unknown workload(s) {unknown}; allowed {list(WORKLOADS)}")
+    if not torch.cuda.is_available():
+        raise ValueError("xgr bench needs a CUDA GPU")
+    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "command": "xgr bench " + " ".join(sys.argv[2:])}
+    existing = out / "bench.json"
+    results = json.loads(existing.read_text()) if args.append and existing.exists() else {"workloads": {}}
+    out.mkdir(parents=True, exist_ok=True)
+    for name in args.workloads:
+        result = bench_workload(WORKLOADS[name], args.seconds, not args.no_ablations, not args.no_hf)
+        results["workloads"][name] = {"meta": meta, **result}
+        (out / "bench.json").write_text(json.dumps(results, indent=1))  # keep what is done
+    plot(results, out / "bench.png")
+    write_markdown(out / "bench.json", out.parent / "benchmarks.md")
+    print(markdown_table(results))
+    return 0

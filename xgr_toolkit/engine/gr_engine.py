@@ -1,0 +1,186 @@
+"""GREngine: batches of requests through the xGR beam search, eager or compiled and graph-replayed.
+
+Buckets: a batch of R requests is padded to the next batch bucket (powers of two up to
+``serve.max_batch``) and its prompts to the next prompt bucket, so that the compiled layers and the
+CUDA graphs see a fixed set of shapes, all built by :meth:`GREngine.warmup`. With CUDA graphs, the
+whole search of a bucket (prefill, L steps, final ordering) is one graph replay.
+
+Overlap: :meth:`launch` prepares a batch on the host (pinned memory), queues its copy, search and
+copy-back on the GPU and returns at once; :meth:`LaunchedBatch.result` waits for it. The scheduler
+launches batch i+1 before it collects batch i, so host work hides behind GPU work.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import torch
+
+from ..config import ServeConfig
+from ..model_dir import GRModel
+from ..modules import GRDecoder
+from ..request import RecRequest, ScoredItem
+from .batch import BeamBatch, make_batch, to_items
+from .beam_search import BeamSearch
+from .catalog_index import CatalogIndex
+from .kv_cache import BeamKVCache
+from .scheduler import BatchScheduler
+
+__all__ = ["GREngine", "LaunchedBatch"]
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    batch: BeamBatch  # static inputs
+    scores: torch.Tensor  # static outputs [R, W]
+    sid_index: torch.Tensor
+
+
+@dataclass
+class LaunchedBatch:
+    """A batch on its way through the GPU; ``result()`` waits for it and maps SIDs to items."""
+
+    engine: GREngine
+    requests: list[RecRequest]
+    scores: torch.Tensor  # [R, W] host (pinned) once ``done`` has fired
+    sid_index: torch.Tensor
+    done: torch.cuda.Event | None
+
+    def ready(self) -> bool:
+        return self.done is None or self.done.query()
+
+    def result(self) -> list[list[ScoredItem]]:
+        if self.done is not None:
+            self.done.synchronize()
+        n = len(self.requests)
+        return to_items(self.requests, self.engine.model.catalog, self.scores[:n], self.sid_index[:n])
+
+
+def _buckets_up_to(limit: int) -> list[int]:
+    return sorted({min(1 << i, limit) for i in range(limit.bit_length() + 1)})
+
+
+class GREngine:
+    """The fast engine. Returns exactly what :class:`~xgr_toolkit.engines.ReferenceEngine` returns."""
+
+    def __init__(self, model: GRModel, serve: ServeConfig | None = None, beam_width: int | None = None):
+        self.model, self.serve = model, serve or model.config.serve
+        cfg = model.config.model
+        self.beam_width = beam_width or model.config.beam.beam_width
+        self.batch_buckets = _buckets_up_to(self.serve.max_batch)
+        self.prompt_buckets = sorted({min(b, cfg.max_prompt_tokens) for b in self.serve.prompt_buckets}
+                                     | {cfg.max_prompt_tokens})
+        param = next(model.decoder.parameters())
+        self.device = param.device
+        self.cuda = self.device.type == "cuda"
+        cache = BeamKVCache()
+        cache.setup(cfg.num_layers, self.batch_buckets[-1], self.prompt_buckets[-1], self.beam_width, cfg.levels,
+                    cfg.num_kv_heads, cfg.head_dim, param.dtype, self.device)
+        decoder = self._compiled(model.decoder) if self.serve.compile else model.decoder
+        self.search = BeamSearch(decoder, CatalogIndex(model.catalog, self.device), cache, self.beam_width,
+                                 shared_prompt_kv=self.serve.shared_prompt_kv,
+                                 masked_sorter=self.serve.masked_sorter)
+        self._graphs: dict[tuple[int, int], _Graph] = {}
+        self._graph_pool = torch.cuda.graph_pool_handle() if self.serve.cuda_graphs else None
+        self._scheduler: BatchScheduler | None = None
+
+    def _compiled(self, decoder: GRDecoder) -> GRDecoder:
+        """The decoder with regionally compiled layers, over the same weights (the model's own decoder
+        stays eager). One compiled graph per (block, token shape): prefill [R, P] and decode [R*W, 1]."""
+        shapes = len(self.batch_buckets) * (len(self.prompt_buckets) + 1)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * shapes)
+        decoder = decoder.sharing_weights()
+        decoder.compile_layers(dynamic=False)
+        return decoder
+
+    def _search(self, batch: BeamBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (scores [R, W], sid_index [R, W]), best first."""
+        search = self.search
+        state = search.first_step(search.prefill(batch), batch)
+        for t in range(1, self.model.config.model.levels):
+            state = search.decode_step(t, state, batch)
+        return search.finish(state)
+
+    def bucket(self, requests: int, prompt_len: int) -> tuple[int, int]:
+        return (next(b for b in self.batch_buckets if b >= requests),
+                next(b for b in self.prompt_buckets if b >= prompt_len))
+
+    # ---- warm-up: compile every bucket, capture every graph ------------------------------------
+    def warmup(self) -> None:
+        """Compile (and capture) every (batch, prompt) bucket, so that serving never compiles."""
+        for R in self.batch_buckets:
+            for P in self.prompt_buckets:
+                batch = make_batch([], self.model.catalog, P, self.serve.max_exclusions, slots=R).to(self.device)
+                if self.serve.cuda_graphs:
+                    self._capture(R, P, batch)
+                else:
+                    with torch.no_grad():
+                        self._search(batch)
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    @torch.no_grad()
+    def _capture(self, R: int, P: int, batch: BeamBatch) -> _Graph:
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):  # compile and autotune outside the capture
+            for _ in range(2):
+                self._search(batch)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._graph_pool):
+            scores, sid_index = self._search(batch)
+        self._graphs[R, P] = _Graph(graph, batch, scores, sid_index)
+        return self._graphs[R, P]
+
+    # ---- serving -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def launch(self, requests: list[RecRequest]) -> LaunchedBatch:
+        """Queue one batch (at most ``serve.max_batch`` requests) on the device; returns at once."""
+        if not 1 <= len(requests) <= self.batch_buckets[-1]:
+            raise ValueError(f"a batch holds 1..{self.batch_buckets[-1]} requests; got {len(requests)}")
+        for r in requests:
+            if r.beam_width > self.beam_width:
+                raise ValueError(f"beam_width {r.beam_width} exceeds the engine's {self.beam_width}")
+        R, P = self.bucket(len(requests), max(len(r.prompt) for r in requests))
+        host = make_batch(requests, self.model.catalog, P, self.serve.max_exclusions,
+                          slots=R if self.serve.cuda_graphs else len(requests))
+        if not self.cuda:
+            scores, sid_index = self._search(host)
+            return LaunchedBatch(self, requests, scores, sid_index, None)
+        graph = self._graphs.get((R, P)) if self.serve.cuda_graphs else None
+        if self.serve.cuda_graphs and graph is None:
+            raise RuntimeError(f"bucket (R={R}, P={P}) was not captured: call warmup() first")
+        pinned = BeamBatch(*(t.pin_memory() for t in vars(host).values()))
+        if graph is not None:
+            for static, src in zip(vars(graph.batch).values(), vars(pinned).values()):
+                static.copy_(src, non_blocking=True)
+            graph.graph.replay()
+            scores, sid_index = graph.scores, graph.sid_index
+        else:
+            scores, sid_index = self._search(pinned.to(self.device, non_blocking=True))
+        out = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
+               for t in (scores, sid_index)]
+        done = torch.cuda.Event()
+        done.record()
+        return LaunchedBatch(self, requests, *out, done)
+
+    def recommend(self, requests: list[RecRequest]) -> list[list[ScoredItem]]:
+        """Synchronous: every request answered, in order; batches overlap as :meth:`launch` allows."""
+        step = self.batch_buckets[-1]
+        launched = [self.launch(requests[i:i + step]) for i in range(0, len(requests), step)]
+        return [items for batch in launched for items in batch.result()]
+
+    def submit(self, request: RecRequest) -> Future:
+        """Asynchronous: the request joins the next batch of the background scheduler."""
+        if self._scheduler is None:
+            self._scheduler = BatchScheduler(self, self.batch_buckets[-1], self.serve.max_wait_ms, self.serve.overlap)
+        return self._scheduler.submit(request)
+
+    def close(self) -> None:
+        """Answer what was submitted, then stop the scheduler."""
+        if self._scheduler is not None:
+            self._scheduler.close()
+            self._scheduler = None

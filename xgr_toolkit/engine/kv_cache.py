@@ -1,0 +1,56 @@
+"""BeamKVCache: the prompt's KV stored once per request, and a few decoded tokens per beam.
+
+Buffers are allocated once by :meth:`BeamKVCache.setup`; every later call only writes into them,
+so each decode step sees the same shapes (compile- and CUDA-graph-friendly). The shared prompt
+cache is written only by prefill: beams never copy, fork or gather it. ``reorder`` rewrites only
+the per-beam cache.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["BeamKVCache"]
+
+
+class BeamKVCache(nn.Module):
+    """Per layer: a shared prompt cache [R, Hkv, P, D] and a per-beam cache [R, W, Hkv, L, D]."""
+
+    def setup(self, num_layers: int, requests: int, prompt_len: int, beam_width: int, levels: int,
+              num_kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device | str) -> None:
+        """Allocate for R = ``requests`` slots, prompts up to P = ``prompt_len``, W beams, L levels."""
+        prompt = (num_layers, requests, num_kv_heads, prompt_len, head_dim)
+        beam = (num_layers, requests, beam_width, num_kv_heads, levels, head_dim)
+        for name, shape in (("prompt_k", prompt), ("prompt_v", prompt), ("beam_k", beam), ("beam_v", beam)):
+            self.register_buffer(name, torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def write_prompt(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: [R', Hkv, T, D] for the first R' slots and T positions (prefill only)."""
+        R, _, T, _ = k.shape
+        self.prompt_k[layer, :R, :, :T].copy_(k)
+        self.prompt_v[layer, :R, :, :T].copy_(v)
+
+    def write_beam(self, layer: int, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: [R', W, Hkv, D], the decoded token of every beam, into beam position ``slot``."""
+        R = k.shape[0]
+        self.beam_k[layer, :R, :, :, slot].copy_(k)
+        self.beam_v[layer, :R, :, :, slot].copy_(v)
+
+    def reorder(self, parent: torch.Tensor) -> None:
+        """parent: [R', W] int64 non-decreasing per row: beam w now continues beam parent[r, w].
+
+        Only the per-beam cache moves (W x L tokens a request); the prompt cache is untouched.
+        """
+        R, W = parent.shape
+        index = parent.view(1, R, W, 1, 1, 1).expand(self.beam_k.shape[0], R, W, *self.beam_k.shape[3:])
+        for buf in (self.beam_k, self.beam_v):
+            buf[:, :R].copy_(buf[:, :R].gather(2, index))
+
+    def prompt(self, layer: int, requests: int, prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views [R', Hkv, P', D] of the shared prompt cache."""
+        return self.prompt_k[layer, :requests, :, :prompt_len], self.prompt_v[layer, :requests, :, :prompt_len]
+
+    def beams(self, layer: int, requests: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views [R', W, Hkv, L, D] of the per-beam cache."""
+        return self.beam_k[layer, :requests], self.beam_v[layer, :requests]
