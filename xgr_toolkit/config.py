@@ -122,6 +122,7 @@ class BeamConfig:
 class ServeConfig:
     """How the engine runs: device, precision, batching and compilation."""
 
+    engine: str = "fast"  # "fast" (GREngine) or "reference" (the definition, slow)
     device: str = "cpu"
     dtype: str = "float32"
     max_batch: int = 8
@@ -138,6 +139,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError("serve.device", self.device, "'cpu', 'cuda' or 'cuda:N'")
+        _one_of("serve", "engine", self.engine, ("fast", "reference"))
         _one_of("serve", "dtype", self.dtype, DTYPES)
         _at_least("serve", "max_batch", self.max_batch, 1)
         _at_least("serve", "max_exclusions", self.max_exclusions, 0)
