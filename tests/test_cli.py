@@ -70,7 +70,7 @@ def test_console_script_recommends_what_the_library_does(tiny_model_dir):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--history-tokens", "1 2", "--engine", "turbo"], "--engine turbo: not available; allowed ['reference'"),
+    (["--history-tokens", "1 2", "--engine", "turbo"], "--engine turbo: not available; allowed ['fast', 'reference'"),
     (["--history-tokens", "1 x 3"], "argument --history-tokens: expected integers separated by spaces; got '1 x 3'"),
     (["--history-tokens", "1 256"], "history_tokens: tokens must be in [0, 256); got [256]"),
     (["--history-items", "1000 5"], "history: unknown item id(s): [5]"),

@@ -14,6 +14,10 @@ __all__ = ["ENGINES", "Engine", "ReferenceEngine", "build_engine"]
 
 
 class Engine(Protocol):
+    def warmup(self) -> None:
+        """Prepare every shape the engine will serve (compile, capture); nothing after it compiles."""
+        ...
+
     def recommend(self, requests: list[RecRequest]) -> list[list[ScoredItem]]:
         """One list of items per request, best first."""
         ...
@@ -24,6 +28,9 @@ class ReferenceEngine:
 
     def __init__(self, model: GRModel):
         self.model = model
+
+    def warmup(self) -> None:
+        """Nothing to prepare."""
 
     def recommend(self, requests: list[RecRequest]) -> list[list[ScoredItem]]:
         return [reference_beam_search(self.model.decoder, self.model.catalog, r) for r in requests]

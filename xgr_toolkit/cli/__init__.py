@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import import_hf, recommend
+from . import bench, eval, import_hf, load, package, recommend, sid, train
 
 __all__ = ["main"]
 
-COMMANDS = {"import-hf": import_hf, "recommend": recommend}
+COMMANDS = {"bench": bench, "import-hf": import_hf, "load": load, "package": package, "recommend": recommend,
+            "sid": sid, "train": train, "eval": eval}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,5 +26,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())

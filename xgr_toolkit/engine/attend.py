@@ -59,5 +59,7 @@ def duplicated_kv_attention(q: torch.Tensor, prompt_k: torch.Tensor, prompt_v: t
     position = torch.arange(P + L, device=q.device)
     keep = torch.where(position < P, position[None] < prompt_len[:, None], position[None] - P < beam_len)  # [R, P+L]
     mask = keep.repeat_interleave(W, dim=0)[:, None, None, :]  # [R*W, 1, 1, P+L]
-    out = F.scaled_dot_product_attention(q.reshape(R * W, H, 1, D), k, v, attn_mask=mask, enable_gqa=True)
+    # heads repeated as HF's repeat_kv does: SDPA's fused kernels take a mask only without enable_gqa
+    k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)
+    out = F.scaled_dot_product_attention(q.reshape(R * W, H, 1, D), k, v, attn_mask=mask)
     return out.view(R, W, H, D)

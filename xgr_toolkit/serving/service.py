@@ -13,12 +13,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import load_config
 from ..engines import ENGINES, build_engine
-from ..model_dir import CONFIG_FILE, GRModel, load_model_dir
+from ..model_dir import GRModel
 from ..request import RecRequest, RequestError, build_request
+from .archive import load_checked_model_dir
 from .item_names import load_item_names
-from .protocol import error_body, parse_body, response_body
+from .protocol import decode_body, error_body, parse_body, request_id_of, request_ids, response_body
 
 __all__ = ["BatchStats", "RecService", "Reply"]
 
@@ -48,6 +48,14 @@ class BatchStats:
 
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1e3
+
+
+def _decoded(body) -> dict | None:
+    """The body as a dict (free when TorchServe already parsed it), or None when it is not one."""
+    try:
+        return decode_body(body)
+    except Exception:
+        return None
 
 
 class RecService:
@@ -80,20 +88,20 @@ class RecService:
                        max_beam_width: int = 128, device: str | None = None, dtype: str | None = None) -> RecService:
         """Load a model directory (and its ``item_names.json`` where there is one)."""
         path = Path(path)
-        serve = load_config(path / CONFIG_FILE).serve  # the directory's own device and dtype, unless given
-        model = load_model_dir(path, device or serve.device, dtype or serve.dtype)
+        # Its files checked first (no pickles, complete safetensors, shapes that fit the config), then loaded
+        # on the directory's own device and dtype unless given.
+        model = load_checked_model_dir(path, device, dtype)
         return cls(model, name=name or model.config.model.name, engine=engine, max_beam_width=max_beam_width,
                    item_names=load_item_names(path))
 
     def warm_up(self) -> float:
-        """The engine's own warm-up (compiling its buckets) where it has one, then one request at the widest
-        beam; returns the milliseconds it all took."""
+        """The engine's own warm-up (compiling its buckets), then one request at the widest beam; returns
+        the milliseconds it all took."""
         catalog = self.model.catalog
         request = build_request(self.model.config.model, catalog, history_items=[int(catalog.item_ids[0])],
                                 beam_width=self.max_beam_width, top_k=1, max_beam_width=self.max_beam_width)
         start = time.perf_counter()
-        if callable(getattr(self.engine, "warmup", None)):
-            self.engine.warmup()
+        self.engine.warmup()
         self.engine.recommend([request])
         return _ms(start)
 
@@ -107,13 +115,14 @@ class RecService:
         start = time.perf_counter()
         stats = BatchStats(batch_size=len(bodies))
         replies: list[Reply | None] = [None] * len(bodies)
-        accepted: list[tuple[int, list[RecRequest], bool, float]] = []  # (body, its requests, instances?, ms)
+        # (body, its requests, their request ids, instances?, ms)
+        accepted: list[tuple[int, list[RecRequest], list[str | None], bool, float]] = []
         for i, body in enumerate(bodies):
             t = time.perf_counter()
             try:
                 requests, instances = self.parse(body)
             except RequestError as err:
-                replies[i] = Reply(400, error_body(err))
+                replies[i] = Reply(400, error_body(err, request_id_of(_decoded(body))))
                 stats.rejected += 1
                 continue
             except Exception:  # a bug in parsing must not take the rest of the batch down
@@ -121,29 +130,32 @@ class RecService:
                 replies[i] = Reply(500, {"error": "internal error while parsing the request", "field": None})
                 stats.failed += 1
                 continue
-            accepted.append((i, requests, instances, _ms(t)))
+            accepted.append((i, requests, request_ids(_decoded(body), instances), instances, _ms(t)))
             stats.beam_widths.extend(r.beam_width for r in requests)
         stats.parse_ms = _ms(start)
         if not accepted:
             return replies, stats
         t = time.perf_counter()
-        results = iter(self._recommend([r for _, requests, _, _ in accepted for r in requests]))
+        results = iter(self._recommend([r for _, requests, _, _, _ in accepted for r in requests]))
         stats.engine_ms = _ms(t)
         t = time.perf_counter()
-        for i, requests, instances, parse_ms in accepted:
+        for i, requests, ids, instances, parse_ms in accepted:
             answers = [next(results) for _ in requests]
+            request_id = None if instances else ids[0]  # an error answers the whole body
             refused = next((a for a in answers if isinstance(a, RequestError)), None)
             if refused is not None:  # a limit only the engine knows about
-                replies[i] = Reply(400, error_body(refused))
+                replies[i] = Reply(400, error_body(refused, request_id))
                 stats.rejected += 1
                 continue
             if any(a is None for a in answers):
-                replies[i] = Reply(500, {"error": "the engine failed on this request", "field": None})
+                failed = {"error": "the engine failed on this request", "field": None}
+                replies[i] = Reply(500, failed if request_id is None else {**failed, "request_id": request_id})
                 stats.failed += 1
                 continue
             timing = {"parse": parse_ms, "engine": stats.engine_ms, "total": _ms(start)}
             bodies_out = [response_body(a, r, model=self.name, batch_size=len(bodies), timing_ms=timing,
-                                        names=self.item_names) for a, r in zip(answers, requests, strict=True)]
+                                        names=self.item_names, request_id=rid)
+                          for a, r, rid in zip(answers, requests, ids, strict=True)]
             replies[i] = Reply(200, {"predictions": bodies_out} if instances else bodies_out[0])
         stats.format_ms = _ms(t)
         return replies, stats
