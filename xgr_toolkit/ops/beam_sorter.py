@@ -37,6 +37,16 @@ def candidate_scores(beam_scores: torch.Tensor, log_probs: torch.Tensor, valid: 
     return torch.where(valid, scores, torch.full_like(scores, float("-inf"))).flatten(1)
 
 
+def _running_count(mask: torch.Tensor) -> torch.Tensor:
+    """[R, N] bool -> [R, N] int64 count of True up to each index of its row.
+
+    One scan over the flattened rows: CUDA scans a few long rows along dim 1 with one block a row.
+    """
+    total = mask.flatten().cumsum(0).view(mask.shape)
+    before = torch.cat((total.new_zeros(1), total[:-1, -1]))  # [R] count in the rows above
+    return total - before[:, None]
+
+
 def beam_sort_reference(beam_scores: torch.Tensor, log_probs: torch.Tensor, valid: torch.Tensor,
                         k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The PyTorch path of ``MaskedBeamSorter.forward`` (same arguments and results)."""
@@ -47,7 +57,7 @@ def beam_sort_reference(beam_scores: torch.Tensor, log_probs: torch.Tensor, vali
     # Ties at the k-th score go to the lowest flat indices; -inf never enters (it fills the tail).
     tied = (scores == kth) & (kth > float("-inf"))
     need = k - above.sum(dim=1, keepdim=True)
-    kept = (above | (tied & (tied.cumsum(dim=1) <= need))).cumsum(dim=1)  # [R, N] winners up to each index
+    kept = _running_count(above | (tied & (_running_count(tied) <= need)))  # [R, N] winners up to each index
     rank = torch.arange(1, k + 1, device=scores.device).repeat(R, 1)  # [R, k]
     flat = torch.searchsorted(kept, rank)  # [R, k] flat index of the j-th winner in flat order; N if none
     filled = rank <= kept[:, -1:]

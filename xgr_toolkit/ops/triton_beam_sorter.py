@@ -12,9 +12,11 @@ Then one launch counts, per beam, the keys above t and those equal to it, and th
 winners straight into their output slots, in flat order (ties at t to the lowest flat indices).
 docs/beam_sorter.md states the algorithm and why it is exact.
 
-Eight launches and a memset, grid (Wi, R), one program a beam, tiles of [CH, SUB] codes; no host
-sync, no data-dependent shape. The whole is the custom op ``xgr_toolkit::beam_sort`` (usable
-inside ``torch.compile(fullgraph=True)``).
+Eight launches and a memset, grid (Wi, R), one program a beam; no host sync, no data-dependent
+shape. Each launch takes one digit step from the state that the previous launch's program 0 left
+(``_step``), so no program replays the whole chain. Histograms and running counts are taken over
+1-D tiles loaded straight from memory (the layouts that Triton's own tests cover on the GPU). The
+whole is the custom op ``xgr_toolkit::beam_sort`` (usable inside ``torch.compile(fullgraph=True)``).
 """
 
 from __future__ import annotations
@@ -25,11 +27,16 @@ import triton.language as tl
 
 __all__ = ["launch_beam_sort", "triton_beam_sort"]
 
-PASSES: tl.constexpr = tl.constexpr(4)  # 8-bit digits of a 32-bit key
-BINS: tl.constexpr = tl.constexpr(256)
+BINS: tl.constexpr = tl.constexpr(256)  # 8-bit digits of a 32-bit key, 4 passes
 NEG_INF_KEY: tl.constexpr = tl.constexpr(0x7FFFFF)  # key of -inf; lanes past C get key 0, below it
-# Histogram rows of a request: 0-1 the top two digits of T0 (k-th largest sub-chunk maximum), 2-5 those of t.
-T0_ROWS: tl.constexpr = tl.constexpr(2)
+HIST_ROWS: tl.constexpr = tl.constexpr(6)  # a request's histograms: 0-1 digits of T0, 2-5 digits of t
+# A request's state (int64): T0's top digit and rank, the bound (T0's top 16 bits), then t's
+# top 8p bits and rank after p = 1..4 passes (after 4: t itself and the ties at t that win).
+STATE: tl.constexpr = tl.constexpr(16)
+S_T0_LO: tl.constexpr = tl.constexpr(0)
+S_T0_RANK: tl.constexpr = tl.constexpr(1)
+S_BOUND: tl.constexpr = tl.constexpr(2)
+S_T: tl.constexpr = tl.constexpr(3)  # lo after pass p at S_T + 2 * (p - 1), its rank next to it
 
 
 @triton.jit
@@ -46,123 +53,142 @@ def _keys(bs_ptr, lp_ptr, ok_ptr, r, b, c, c_ok, s_bs_r, s_bs_b, s_lp_r, s_lp_b,
 
 
 @triton.jit
-def _narrow(hist_ptr, k, DONE: tl.constexpr):
-    """After DONE passes: lo, the least key whose top 8 * DONE bits match the k-th largest key's, and that
-    key's rank among the keys sharing those bits (after 4 passes, lo is the k-th largest key itself).
+def _step(hist_ptr, lo, rank, SHIFT: tl.constexpr):
+    """One digit of a k-th largest key.
 
-    hist_ptr: [DONE, BINS] int32, row p the histogram of digit p of the keys matching the digits before.
+    hist_ptr: [BINS] int32 counts of digit ``bits SHIFT..SHIFT+7`` over the keys whose higher bits
+    are lo's; rank: the target's rank (1 = largest) among those keys. Returns lo with the target's
+    digit set, and its rank among the keys that share that digit too.
     """
     bins = tl.arange(0, BINS)
+    h = tl.load(hist_ptr + bins)
+    at_or_above = tl.cumsum(h, 0, reverse=True)  # keys with digit >= d
+    d = tl.max(tl.where(at_or_above >= rank, bins, -1), 0)
+    return lo + (d.to(tl.int64) << SHIFT), rank - tl.sum(tl.where(bins > d, h, 0), 0).to(tl.int64)
+
+
+@triton.jit
+def _state_after(state_r, hist_r, k, b, PASS: tl.constexpr):
+    """t's top 8 * PASS bits (zeros below) and rank among the keys sharing them; program 0 records them."""
     lo = tl.full([], 0, tl.int64)
-    rank = k
-    for p in tl.static_range(DONE):
-        h = tl.load(hist_ptr + p * BINS + bins)
-        at_or_above = tl.cumsum(h, 0, reverse=True)  # keys with digit >= d
-        d = tl.max(tl.where(at_or_above >= rank, bins, -1), 0)
-        rank -= tl.sum(tl.where(bins > d, h, 0), 0)
-        lo += d.to(tl.int64) << (24 - 8 * p)
+    rank = tl.full([], 0, tl.int64) + k
+    if PASS >= 2:
+        lo = tl.load(state_r + S_T + 2 * (PASS - 2))
+        rank = tl.load(state_r + S_T + 2 * (PASS - 2) + 1)
+    if PASS >= 1:
+        lo, rank = _step(hist_r + (2 + PASS - 1) * BINS, lo, rank, 32 - 8 * PASS)
+        tl.store(state_r + S_T + 2 * (PASS - 1), lo, mask=b == 0)
+        tl.store(state_r + S_T + 2 * (PASS - 1) + 1, rank, mask=b == 0)
     return lo, rank
 
 
 @triton.jit
-def _tile(j, CH: tl.constexpr, SUB: tl.constexpr):
-    """Tile j of a beam: sub-chunk indices [CH] and their codes [CH, SUB] (row-major = flat order)."""
-    rows = j * CH + tl.arange(0, CH)
-    return rows, rows[:, None] * SUB + tl.arange(0, SUB)[None, :]
-
-
-@triton.jit
-def _maxima_kernel(bs_ptr, lp_ptr, ok_ptr, smax_ptr, hist_ptr, Wi, C, NS, NT, k,
+def _maxima_kernel(bs_ptr, lp_ptr, ok_ptr, smax_ptr, hist_ptr, state_ptr, Wi, C, NS, NT, k,
                    s_bs_r, s_bs_b, s_lp_r, s_lp_b, s_lp_c, s_ok_r, s_ok_b, s_ok_c,
-                   T0: tl.constexpr, CH: tl.constexpr, SUB: tl.constexpr):
-    """The one full read: every sub-chunk's best key, and the histogram of their top digits."""
+                   T0: tl.constexpr, CH: tl.constexpr, SUB: tl.constexpr, NS_BLOCK: tl.constexpr):
+    """The one full read: the best key of every sub-chunk, smax [R, Wi, NS]; histogram of their top digit."""
     b, r = tl.program_id(0), tl.program_id(1).to(tl.int64)
     smax_b = smax_ptr + (r * Wi + b) * NS
-    counts = tl.zeros([BINS], tl.int32)
     for j in range(0, NT):
-        rows, c = _tile(j, CH, SUB)
+        rows = j * CH + tl.arange(0, CH)
+        c = rows[:, None] * SUB + tl.arange(0, SUB)[None, :]  # [CH, SUB]
         key = _keys(bs_ptr, lp_ptr, ok_ptr, r, b, c, c < C, s_bs_r, s_bs_b, s_lp_r, s_lp_b, s_lp_c,
                     s_ok_r, s_ok_b, s_ok_c)[1]
-        best = tl.max(key, 1)  # [CH]
-        tl.store(smax_b + rows, best, mask=rows < NS)
-        if T0:
-            counts += tl.histogram((best >> 24).to(tl.int32), BINS, mask=rows < NS)
+        tl.store(smax_b + rows, tl.max(key, 1), mask=rows < NS)
     if T0:
-        tl.atomic_add(hist_ptr + r * (T0_ROWS + PASSES) * BINS + tl.arange(0, BINS), counts, mask=counts > 0,
-                      sem="relaxed")
+        # Histogram the maxima read back as a plain 1-D tile, not the row maxima above (a reduction
+        # layout, each value held by several threads): a version that histogrammed those was inexact
+        # on an H200 with Triton 3.6. The barrier makes this program's stores visible to its threads.
+        tl.debug_barrier()
+        _maxima_histogram(smax_b, hist_ptr + r * HIST_ROWS * BINS, tl.full([], 0, tl.int64), NS, 0, NS_BLOCK)
 
 
 @triton.jit
-def _maxima_pass_kernel(bs_ptr, lp_ptr, ok_ptr, smax_ptr, hist_ptr, Wi, C, NS, NT, k,
+def _maxima_histogram(smax_b, hist_r, lo, NS, PASS: tl.constexpr, NS_BLOCK: tl.constexpr):
+    """Histogram of digit PASS of the beam's maxima whose higher digits are lo's, added into row PASS."""
+    s = tl.arange(0, NS_BLOCK)
+    best = tl.load(smax_b + s, mask=s < NS, other=0, cache_modifier=".cg")
+    inside = (s < NS) & ((best >> (32 - 8 * PASS)) == (lo >> (32 - 8 * PASS)))
+    counts = tl.histogram(((best >> (24 - 8 * PASS)) & 255).to(tl.int32), BINS, mask=inside)
+    tl.atomic_add(hist_r + PASS * BINS + tl.arange(0, BINS), counts, mask=counts > 0, sem="relaxed")
+
+
+@triton.jit
+def _maxima_pass_kernel(bs_ptr, lp_ptr, ok_ptr, smax_ptr, hist_ptr, state_ptr, Wi, C, NS, NT, k,
                         s_bs_r, s_bs_b, s_lp_r, s_lp_b, s_lp_c, s_ok_r, s_ok_b, s_ok_c, NS_BLOCK: tl.constexpr):
     """Second digit of T0: histogram of the maxima whose top digit is T0's."""
     b, r = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    hist_r = hist_ptr + r * (T0_ROWS + PASSES) * BINS
-    lo = _narrow(hist_r, k, 1)[0]
-    s = tl.arange(0, NS_BLOCK)
-    best = tl.load(smax_ptr + (r * Wi + b) * NS + s, mask=s < NS, other=0)
-    inside = (s < NS) & ((best >> 24) == (lo >> 24))
-    counts = tl.histogram(((best >> 16) & 255).to(tl.int32), BINS, mask=inside)
-    tl.atomic_add(hist_r + BINS + tl.arange(0, BINS), counts, mask=counts > 0, sem="relaxed")
+    hist_r = hist_ptr + r * HIST_ROWS * BINS
+    lo, rank = _step(hist_r, tl.full([], 0, tl.int64), tl.full([], 0, tl.int64) + k, 24)
+    tl.store(state_ptr + r * STATE + S_T0_LO, lo, mask=b == 0)
+    tl.store(state_ptr + r * STATE + S_T0_RANK, rank, mask=b == 0)
+    _maxima_histogram(smax_ptr + (r * Wi + b) * NS, hist_r, lo, NS, 1, NS_BLOCK)
 
 
 @triton.jit
-def _radix_pass_kernel(bs_ptr, lp_ptr, ok_ptr, smax_ptr, hist_ptr, Wi, C, NS, NT, k,
+def _radix_pass_kernel(bs_ptr, lp_ptr, ok_ptr, smax_ptr, hist_ptr, state_ptr, Wi, C, NS, NT, k,
                        s_bs_r, s_bs_b, s_lp_r, s_lp_b, s_lp_c, s_ok_r, s_ok_b, s_ok_c,
                        PASS: tl.constexpr, T0: tl.constexpr, CH: tl.constexpr, SUB: tl.constexpr):
-    """Digit PASS of t: histogram of the keys matching t's digits so far, in sub-chunks that can reach t."""
+    """Digit PASS of t: histogram of the keys sharing t's digits so far, in sub-chunks that can reach t."""
     b, r = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    hist_r = hist_ptr + r * (T0_ROWS + PASSES) * BINS
-    lo = _narrow(hist_r + T0_ROWS * BINS, k, PASS)[0]
+    hist_r = hist_ptr + r * HIST_ROWS * BINS
+    state_r = state_ptr + r * STATE
+    lo = _state_after(state_r, hist_r, k, b, PASS)[0]
     bound = lo
     if T0:
-        bound = tl.maximum(lo, _narrow(hist_r, k, 2)[0])  # T0's top 16 bits, T0 <= t
+        if PASS == 0:
+            t0 = _step(hist_r + BINS, tl.load(state_r + S_T0_LO), tl.load(state_r + S_T0_RANK), 16)[0]
+            tl.store(state_r + S_BOUND, t0, mask=b == 0)
+        else:
+            t0 = tl.load(state_r + S_BOUND)
+        bound = tl.maximum(lo, t0)  # T0's top 16 bits <= T0 <= t
     smax_b = smax_ptr + (r * Wi + b) * NS
     counts = tl.zeros([BINS], tl.int32)
     for j in range(0, NT):
-        rows, c = _tile(j, CH, SUB)
-        live = tl.load(smax_b + rows, mask=rows < NS, other=0) >= bound  # [CH] can hold a key >= t
-        if tl.max(live.to(tl.int32), 0) > 0:
-            c_ok = (c < C) & live[:, None]
-            key = _keys(bs_ptr, lp_ptr, ok_ptr, r, b, c, c_ok, s_bs_r, s_bs_b, s_lp_r, s_lp_b, s_lp_c,
+        rows = j * CH + tl.arange(0, CH)
+        if tl.max(tl.load(smax_b + rows, mask=rows < NS, other=0), 0) >= bound:
+            c = j * CH * SUB + tl.arange(0, CH * SUB)
+            live = (c < C) & (tl.load(smax_b + c // SUB, mask=c < C, other=0) >= bound)  # its sub-chunk can reach t
+            key = _keys(bs_ptr, lp_ptr, ok_ptr, r, b, c, live, s_bs_r, s_bs_b, s_lp_r, s_lp_b, s_lp_c,
                         s_ok_r, s_ok_b, s_ok_c)[1]
-            inside = c_ok & ((key >> (32 - 8 * PASS)) == (lo >> (32 - 8 * PASS)))  # t's digits so far
-            digit = ((key >> (24 - 8 * PASS)) & 255).to(tl.int32)
-            counts += tl.histogram(tl.reshape(digit, [CH * SUB]), BINS,
-                                   mask=tl.reshape(inside, [CH * SUB]))
-    tl.atomic_add(hist_r + (T0_ROWS + PASS) * BINS + tl.arange(0, BINS), counts, mask=counts > 0, sem="relaxed")
+            inside = live & ((key >> (32 - 8 * PASS)) == (lo >> (32 - 8 * PASS)))  # t's digits so far
+            counts += tl.histogram(((key >> (24 - 8 * PASS)) & 255).to(tl.int32), BINS, mask=inside)
+    tl.atomic_add(hist_r + (2 + PASS) * BINS + tl.arange(0, BINS), counts, mask=counts > 0, sem="relaxed")
 
 
 @triton.jit
-def _count_kernel(bs_ptr, lp_ptr, ok_ptr, smax_ptr, hist_ptr, n_gt_ptr, n_eq_ptr, Wi, C, NS, NT, k,
+def _count_kernel(bs_ptr, lp_ptr, ok_ptr, smax_ptr, hist_ptr, state_ptr, n_gt_ptr, n_eq_ptr, Wi, C, NS, NT, k,
                   s_bs_r, s_bs_b, s_lp_r, s_lp_b, s_lp_c, s_ok_r, s_ok_b, s_ok_c, CH: tl.constexpr, SUB: tl.constexpr):
     """Per beam: candidates above the k-th key t, and (t finite only) those equal to it."""
     b, r = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    t = _narrow(hist_ptr + (r * (T0_ROWS + PASSES) + T0_ROWS) * BINS, k, PASSES)[0]
+    t = _state_after(state_ptr + r * STATE, hist_ptr + r * HIST_ROWS * BINS, k, b, 4)[0]
     t_finite = t > NEG_INF_KEY
     smax_b = smax_ptr + (r * Wi + b) * NS
     n_gt = tl.full([], 0, tl.int32)
     n_eq = tl.full([], 0, tl.int32)
     for j in range(0, NT):
-        rows, c = _tile(j, CH, SUB)
-        best = tl.load(smax_b + rows, mask=rows < NS, other=0)
-        live = (best >= t) & (best > NEG_INF_KEY)  # [CH] holds a key > t, or = t finite
-        if tl.max(live.to(tl.int32), 0) > 0:
-            key = _keys(bs_ptr, lp_ptr, ok_ptr, r, b, c, (c < C) & live[:, None], s_bs_r, s_bs_b, s_lp_r, s_lp_b,
-                        s_lp_c, s_ok_r, s_ok_b, s_ok_c)[1]
-            n_gt += tl.sum(tl.sum((key > t).to(tl.int32), 1), 0)
-            n_eq += tl.sum(tl.sum(((key == t) & t_finite).to(tl.int32), 1), 0)
+        rows = j * CH + tl.arange(0, CH)
+        best = tl.max(tl.load(smax_b + rows, mask=rows < NS, other=0), 0)
+        if (best >= t) & (best > NEG_INF_KEY):  # the tile holds a key > t, or = t finite
+            c = j * CH * SUB + tl.arange(0, CH * SUB)
+            sub_best = tl.load(smax_b + c // SUB, mask=c < C, other=0)
+            live = (c < C) & (sub_best >= t) & (sub_best > NEG_INF_KEY)
+            key = _keys(bs_ptr, lp_ptr, ok_ptr, r, b, c, live, s_bs_r, s_bs_b, s_lp_r, s_lp_b, s_lp_c,
+                        s_ok_r, s_ok_b, s_ok_c)[1]
+            n_gt += tl.sum((key > t).to(tl.int32), 0)
+            n_eq += tl.sum(((key == t) & t_finite).to(tl.int32), 0)
     tl.store(n_gt_ptr + r * Wi + b, n_gt)
     tl.store(n_eq_ptr + r * Wi + b, n_eq)
 
 
 @triton.jit
-def _write_kernel(bs_ptr, lp_ptr, ok_ptr, smax_ptr, hist_ptr, n_gt_ptr, n_eq_ptr, score_ptr, parent_ptr, code_ptr,
-                  Wi, C, NS, NT, k, s_bs_r, s_bs_b, s_lp_r, s_lp_b, s_lp_c, s_ok_r, s_ok_b, s_ok_c,
+def _write_kernel(bs_ptr, lp_ptr, ok_ptr, smax_ptr, hist_ptr, state_ptr, n_gt_ptr, n_eq_ptr, score_ptr, parent_ptr,
+                  code_ptr, Wi, C, NS, NT, k, s_bs_r, s_bs_b, s_lp_r, s_lp_b, s_lp_c, s_ok_r, s_ok_b, s_ok_c,
                   WI_BLOCK: tl.constexpr, CH: tl.constexpr, SUB: tl.constexpr, BLOCK_K: tl.constexpr):
     """Beam b's winners into consecutive slots of request r, in flat order; program 0 writes the padding."""
     b, r = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    t, need = _narrow(hist_ptr + (r * (T0_ROWS + PASSES) + T0_ROWS) * BINS, k, PASSES)  # need: ties that win
+    t = tl.load(state_ptr + r * STATE + S_T + 6)
+    need = tl.load(state_ptr + r * STATE + S_T + 7)  # ties at t that win
     t_finite = t > NEG_INF_KEY
     beams = tl.arange(0, WI_BLOCK)
     before = beams < b
@@ -171,25 +197,23 @@ def _write_kernel(bs_ptr, lp_ptr, ok_ptr, smax_ptr, hist_ptr, n_gt_ptr, n_eq_ptr
     out = r * k
     smax_b = smax_ptr + (r * Wi + b) * NS
     for j in range(0, NT):
-        rows, c = _tile(j, CH, SUB)
-        best = tl.load(smax_b + rows, mask=rows < NS, other=0)
-        live = (best >= t) & (best > NEG_INF_KEY)
-        if tl.max(live.to(tl.int32), 0) > 0:
-            s, key = _keys(bs_ptr, lp_ptr, ok_ptr, r, b, c, (c < C) & live[:, None], s_bs_r, s_bs_b, s_lp_r, s_lp_b,
-                           s_lp_c, s_ok_r, s_ok_b, s_ok_c)
-            # Exclusive running counts in flat order over the [CH, SUB] tile: rows before, then lanes before.
+        rows = j * CH + tl.arange(0, CH)
+        best = tl.max(tl.load(smax_b + rows, mask=rows < NS, other=0), 0)
+        if (best >= t) & (best > NEG_INF_KEY):
+            c = j * CH * SUB + tl.arange(0, CH * SUB)
+            sub_best = tl.load(smax_b + c // SUB, mask=c < C, other=0)
+            live = (c < C) & (sub_best >= t) & (sub_best > NEG_INF_KEY)
+            s, key = _keys(bs_ptr, lp_ptr, ok_ptr, r, b, c, live, s_bs_r, s_bs_b, s_lp_r, s_lp_b, s_lp_c,
+                           s_ok_r, s_ok_b, s_ok_c)
             eq = ((key == t) & t_finite).to(tl.int32)
-            eq_rows = tl.sum(eq, 1)
-            tie_rank = tie + (tl.cumsum(eq_rows, 0) - eq_rows)[:, None] + tl.cumsum(eq, 1) - eq
-            take = ((key > t) | ((eq != 0) & (tie_rank < need))).to(tl.int32)
-            take_rows = tl.sum(take, 1)
-            slot = slot0 + (tl.cumsum(take_rows, 0) - take_rows)[:, None] + tl.cumsum(take, 1) - take
+            take = ((key > t) | ((eq != 0) & (tie + tl.cumsum(eq, 0) - eq < need))).to(tl.int32)
+            slot = slot0 + tl.cumsum(take, 0) - take
             put = (take != 0) & (slot < k)  # slot < k holds for valid inputs; a NaN must not write out of bounds
             tl.store(score_ptr + out + slot, s, mask=put)
             tl.store(parent_ptr + out + slot, (b + tl.zeros_like(slot)).to(tl.int64), mask=put)
             tl.store(code_ptr + out + slot, c.to(tl.int64), mask=put)
-            slot0 += tl.sum(take_rows, 0)
-            tie += tl.sum(eq_rows, 0)
+            slot0 += tl.sum(take, 0)
+            tie += tl.sum(eq, 0)
     if b == 0:
         filled = tl.where(t_finite, k, k - need)  # t = -inf: only the finite candidates
         for start in range(0, k, BLOCK_K):
@@ -212,24 +236,29 @@ def launch_beam_sort(beam_scores: torch.Tensor, log_probs: torch.Tensor, valid: 
     ns, nt = triton.cdiv(C, sub_c), triton.cdiv(C, block_c)
     t0 = Wi * ns >= k  # the bound needs k sub-chunk maxima
     device = log_probs.device
-    hist = torch.zeros(R, T0_ROWS.value + PASSES.value, BINS.value, dtype=torch.int32, device=device)
+    hist = torch.zeros(R, HIST_ROWS.value, BINS.value, dtype=torch.int32, device=device)
+    state = torch.empty(R, STATE.value, dtype=torch.int64, device=device)
     smax = torch.empty(R, Wi, ns, dtype=torch.int64, device=device)  # best key of each sub-chunk
     n_gt = torch.empty(R, Wi, dtype=torch.int32, device=device)
     n_eq = torch.empty(R, Wi, dtype=torch.int32, device=device)
     scores = torch.empty(R, k, dtype=torch.float32, device=device)
     parent = torch.empty(R, k, dtype=torch.int64, device=device)
     code = torch.empty(R, k, dtype=torch.int64, device=device)
-    common = (beam_scores, log_probs, valid, smax, hist, Wi, C, ns, nt, k,
-              *beam_scores.stride(), *log_probs.stride(), *valid.stride())
-    tile = dict(CH=block_c // sub_c, SUB=sub_c, num_warps=8 if block_c >= 2048 else 4)
+    head = (beam_scores, log_probs, valid, smax, hist, state)
+    tail = (Wi, C, ns, nt, k, *beam_scores.stride(), *log_probs.stride(), *valid.stride())
+    # Warps: at least one tile element a thread, so that histogram inputs are not replicated across
+    # threads (except in tiles under 32 codes, which only tests use); the maxima tile is as wide.
+    warps = max(1, min(8, block_c // 256))
+    tile = dict(CH=block_c // sub_c, SUB=sub_c, num_warps=warps)
+    ns_block = max(triton.next_power_of_2(ns), 32 * warps)
     grid = (Wi, R)
-    _maxima_kernel[grid](*common, T0=t0, **tile)
+    _maxima_kernel[grid](*head, *tail, T0=t0, NS_BLOCK=ns_block, **tile)
     if t0:
-        _maxima_pass_kernel[grid](*common, NS_BLOCK=triton.next_power_of_2(ns), num_warps=4)
-    for p in range(PASSES.value):
-        _radix_pass_kernel[grid](*common, PASS=p, T0=t0, **tile)
-    _count_kernel[grid](*common[:5], n_gt, n_eq, *common[5:], **tile)
-    _write_kernel[grid](*common[:5], n_gt, n_eq, scores, parent, code, *common[5:],
+        _maxima_pass_kernel[grid](*head, *tail, NS_BLOCK=ns_block, num_warps=warps)
+    for p in range(4):
+        _radix_pass_kernel[grid](*head, *tail, PASS=p, T0=t0, **tile)
+    _count_kernel[grid](*head, n_gt, n_eq, *tail, **tile)
+    _write_kernel[grid](*head, n_gt, n_eq, scores, parent, code, *tail,
                         WI_BLOCK=triton.next_power_of_2(Wi), BLOCK_K=1024, **tile)
     return scores, parent, code
 
