@@ -51,6 +51,7 @@ def main() -> int:
     p.add_argument("--lr", default="2e-3")
     p.add_argument("--layers", default="4")
     p.add_argument("--hidden", default="256")
+    p.add_argument("--dropout", default="0.2")
     p.add_argument("--beam-width", default="20")
     p.add_argument("--engine", default="fast", help="evaluation engine (xgr eval --engine)")
     p.add_argument("--split", default="both", choices=("test", "valid", "both"))
@@ -69,7 +70,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     bf16 = ["--bf16"] if args.device.startswith("cuda") else []
     limit = ["--limit-users", args.limit_users] if args.limit_users else []
-    shape = ["--layers", args.layers, "--hidden", args.hidden, "--epochs", args.epochs,
+    shape = ["--layers", args.layers, "--hidden", args.hidden, "--dropout", args.dropout, "--epochs", args.epochs,
              "--batch-size", args.batch_size, "--lr", args.lr]
     phases: list[dict] = []
     embeddings = args.sid_embeddings

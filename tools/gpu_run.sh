@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call, several stages: `bash tools/gpu_run.sh STAGE...` on the GPU machine, logs under $OUT.
-# Stages: tests (GPU-marked tests), core (ops microbenchmark), bench:WORKLOAD[,WORKLOAD] (xgr bench).
+# Stages: tests (GPU-marked tests), core (ops microbenchmark), bench:WORKLOAD[,WORKLOAD] (xgr bench),
+# beauty (Amazon Beauty SIDs, training and evaluation; the data carried in .data/, never committed).
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -19,6 +20,8 @@ for stage in "$@"; do
     bench:*) python3 -m xgr_toolkit bench $(echo ${stage#bench:} | tr , " ") ${BENCH_ARGS:-} --append \
                2>&1 | tee "$OUT/bench.log" | tail -40
              cp docs/benchmarks/bench.json docs/benchmarks/bench.png docs/benchmarks.md "$OUT"/ 2>/dev/null ;;
+    beauty) python3 tools/beauty_experiment.py --device cuda --data .data/amazon-beauty --work /tmp/beauty \
+              --out "$OUT" ${BEAUTY_ARGS:-} 2>&1 | tee "$OUT/beauty.log" | grep -v "it/s\]" | tail -40 ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

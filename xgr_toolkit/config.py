@@ -70,6 +70,7 @@ class ModelConfig:
     qk_norm: bool = True  # Qwen3: RMSNorm over each head's q and k before RoPE
     qkv_bias: bool = False  # Qwen2: biases on the q, k, v projections
     tie_embeddings: bool = False
+    dropout: float = 0.0  # training only: on the embeddings and each residual branch
     max_prompt_tokens: int = 96
     sid_offset: int = 64  # context tokens before the SID codes
     levels: int = 3  # L
@@ -88,6 +89,8 @@ class ModelConfig:
             raise ConfigError("model.head_dim", self.head_dim, "an even integer (rotary pairs)")
         if not self.rope_theta > 0:
             raise ConfigError("model.rope_theta", self.rope_theta, "a number > 0")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError("model.dropout", self.dropout, "a number in [0, 1)")
         if not 0 < self.rms_norm_eps < 1:
             raise ConfigError("model.rms_norm_eps", self.rms_norm_eps, "a number in (0, 1)")
         if self.vocab_size == 0:

@@ -21,6 +21,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     model.add_argument("--heads", type=int, default=4)
     model.add_argument("--kv-heads", type=int, default=4)
     model.add_argument("--mlp", type=int, default=1024, help="SwiGLU intermediate size")
+    model.add_argument("--dropout", type=float, default=0.1, help="on embeddings and residual branches (training)")
     opt = p.add_argument_group("optimisation")
     d = TrainConfig()
     opt.add_argument("--epochs", type=float, default=d.epochs)
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         split = split.slice(args.limit_users)
     catalog = load_sids(args.sids, args.codes)
     model_cfg = gr_model_config(catalog, args.layers, args.hidden, args.heads, args.kv_heads, args.mlp,
-                                args.max_history)
+                                args.max_history, dropout=args.dropout)
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                             weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, seed=args.seed,
                             device=args.device, bf16=args.bf16, max_steps=args.max_steps,

@@ -27,6 +27,7 @@ class DecoderLayer(nn.Module):
                                                cfg.head_dim, cfg.qk_norm, cfg.qkv_bias, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+        self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: AttendFn) -> torch.Tensor:
         """x: [B, T, hidden] -> [B, T, hidden]."""
@@ -39,8 +40,8 @@ class DecoderLayer(nn.Module):
 
     def attention_output(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """Everything after attention: output projection, residual, the MLP block."""
-        x = x + self.self_attn.output(attn)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.dropout(self.self_attn.output(attn))
+        return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
 class GRDecoder(nn.Module):
@@ -58,6 +59,7 @@ class GRDecoder(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
@@ -81,7 +83,7 @@ class GRDecoder(nn.Module):
         """tokens: [B, T]; positions: [B, T] (default 0..T-1) -> final-normed states [B, T, hidden]."""
         if positions is None:
             positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
-        x = self.embed_tokens(tokens)
+        x = self.dropout(self.embed_tokens(tokens))
         cos, sin = self.rotary(positions, x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin, attend)

@@ -23,7 +23,7 @@ TRAINING_FILE = "training.json"  # beside the model directory's three files: how
 
 def gr_model_config(catalog: ItemCatalog, layers: int = 4, hidden: int = 256, heads: int = 4,
                     kv_heads: int = 4, mlp: int = 1024, max_history: int = DEFAULT_MAX_HISTORY,
-                    name: str = "gr-small") -> ModelConfig:
+                    name: str = "gr-small", dropout: float = 0.0) -> ModelConfig:
     """A small decoder whose vocabulary is CONTEXT_TOKENS + L x C codes and whose prompt holds
     ``max_history`` items."""
     if hidden % heads:
@@ -31,7 +31,7 @@ def gr_model_config(catalog: ItemCatalog, layers: int = 4, hidden: int = 256, he
     return ModelConfig(name=name, num_layers=layers, hidden_size=hidden, num_heads=heads, num_kv_heads=kv_heads,
                        head_dim=hidden // heads, intermediate_size=mlp, qk_norm=True, tie_embeddings=False,
                        max_prompt_tokens=max_history * catalog.levels, sid_offset=CONTEXT_TOKENS,
-                       levels=catalog.levels, codes=catalog.num_codes)
+                       levels=catalog.levels, codes=catalog.num_codes, dropout=dropout)
 
 
 def train_model_dir(out: str | Path, split: LeaveOneOut, catalog: ItemCatalog, model_cfg: ModelConfig,
