@@ -1,0 +1,47 @@
+"""The benchmark's arithmetic and its report, on the CPU (the measurements themselves need a GPU)."""
+
+import json
+
+from xgr_toolkit import ModelConfig
+from xgr_toolkit.bench.flops import request_flops, weight_bytes
+from xgr_toolkit.bench.load import percentiles
+from xgr_toolkit.bench.report import markdown_table, write_markdown
+
+
+def test_request_flops_count_by_hand():
+    cfg = ModelConfig(num_layers=1, hidden_size=4, num_heads=2, num_kv_heads=1, head_dim=2, intermediate_size=8,
+                      sid_offset=2, levels=2, codes=3)  # V = 8
+    linear = 4 * (2 + 2) * 2 + 2 * 2 * 4 + 3 * 4 * 8  # q, k, v; o; gate, up, down
+    head = 2 * 4 * 8
+    flops = request_flops(cfg, prompt=5, beam_width=3)
+    assert flops["prefill"] == 5 * 2 * linear + 2 * 25 * 4 + head
+    assert flops["decode"] == 1 * 3 * (2 * linear + 4 * (5 + 2) * 4 + head)
+    assert flops["total"] == flops["prefill"] + flops["decode"]
+    assert weight_bytes(cfg) == (linear + 4 * 8) * 2
+
+
+def test_percentiles():
+    p = percentiles([i / 1000 for i in range(1, 101)])
+    assert p["p50_ms"] == 51 and p["p99_ms"] == 99 and abs(p["mean_ms"] - 50.5) < 1e-9
+
+
+def _system(p50, rps):
+    return {"c1": {"p50_ms": p50, "p99_ms": p50 * 1.1}, "c4": {"p50_ms": p50 * 2, "p99_ms": p50 * 3,
+                                                              "throughput_rps": rps}, "peak_memory_gib": 1.0}
+
+
+def test_markdown_table_is_generated_from_the_json(tmp_path):
+    meta = {"gpu": "GPU-X", "torch": "9.9", "command": "xgr bench tiny"}
+    workload = {"meta": meta, "xgr": {**_system(3.0, 500.0), "max_rps_at_p99_limit": 450.0,
+                                       "gpu_ms_per_batch": {"R1": 0.5}},
+                "ablations": {"no compile": _system(4.0, 400.0), "no shared prompt KV": {"error": "out of memory"}},
+                "hf": {"c1": {"p50_ms": 20.0, "p99_ms": 22.0}, "best_rps": 50.0}, "speedup_vs_hf": 10.0,
+                "mfu": 0.25, "floor_ms": 0.1, "c1_p50_over_floor": 30.0, "decode_floor_ms": 0.05,
+                "bf16_top_k_agreement": 0.99, "warmup_s": 12.0}
+    results = {"workloads": {"tiny": workload}}
+    table = markdown_table(results)
+    assert "GPU-X" in table and "| tiny | no shared prompt KV |" in table and "out of memory" in table
+    assert "| tiny | 10.0x | 25.0% |" in table and "R1: 0.50" in table and "99.0%" in table
+    (tmp_path / "bench.json").write_text(json.dumps(results))
+    write_markdown(tmp_path / "bench.json", tmp_path / "benchmarks.md")
+    assert table in (tmp_path / "benchmarks.md").read_text()
