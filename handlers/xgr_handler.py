@@ -53,10 +53,14 @@ class XGRHandler:
         cache = Path(props["model_dir"]) / str(options.get("compile_cache", ""))
         if options.get("compile_cache") and cache.is_dir():  # shipped by `xgr package --compile-cache`
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
-        self.service = RecService.from_model_dir(props["model_dir"], name=context.model_name,
-                                                 engine=str(options.get("engine", "reference")),
-                                                 max_beam_width=int(options.get("max_beam_width", 128)),
-                                                 device=device, dtype=options.get("dtype"))
+        try:  # the archive's files are checked before use: an error names the file and the problem
+            self.service = RecService.from_model_dir(props["model_dir"], name=context.model_name,
+                                                     engine=str(options.get("engine", "reference")),
+                                                     max_beam_width=int(options.get("max_beam_width", 128)),
+                                                     device=device, dtype=options.get("dtype"))
+        except Exception as err:  # one clear line in model_log.log before TorchServe's traceback
+            log.error("xgr model %s: cannot load the archive: %s: %s", context.model_name, type(err).__name__, err)
+            raise
         warm_ms = self.service.warm_up()
         log.info("xgr model %s: engine %s on %s, max beam width %d, warm-up %.1f ms", context.model_name,
                  self.service.engine_name, device, self.service.max_beam_width, warm_ms)

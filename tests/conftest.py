@@ -74,6 +74,15 @@ def _hf_constrained_generate(hf_model, catalog: ItemCatalog, prompt: list[int],
     return [(tuple(sid), score) for sid, score in zip(generated.tolist(), out.sequences_scores.tolist(), strict=True)]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tests run tiny models: one thread is many times faster than two on a busy two-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def hf_causal_lm():
     return _hf_causal_lm

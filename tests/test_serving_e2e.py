@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
 
 from xgr_toolkit import build_request, load_model_dir, preset
 from xgr_toolkit.engines import build_engine
@@ -25,15 +24,6 @@ from xgr_toolkit.synthetic import random_model_dir
 pytestmark = pytest.mark.serve
 
 NAME, MAX_W, WORKERS = "e2e", 16, 2
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model on one thread: many times faster than two on a busy two-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -26,15 +26,6 @@ from xgr_toolkit.synthetic import random_model_dir
 MAX_W = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model on one thread: many times faster than two on a busy two-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     path = random_model_dir(tmp_path_factory.mktemp("serving-service") / "model", preset("tiny"), num_items=200,

@@ -4,16 +4,20 @@ Request (a JSON object; every other field is rejected)::
 
     {"history": [item ids], "k": 5}                  # or "history_tokens": [token ids]
     optional: "beam_width" (1..max, default max), "exclude" (item ids), "exclude_history" (bool),
-              "normalize" ("vocab" or "level", default the model's)
+              "normalize" ("vocab" or "level", default the model's),
+              "request_id" (a string of 1..128 characters, echoed in the answer)
 
 Response::
 
     {"items": [{"item_id", "score", "sid"[, "name"]}], "model": name, "batch_size": n,
-     "timing_ms": {...}[, "truncated": tokens dropped from the front of the history]}
+     "timing_ms": {...}[, "truncated": tokens dropped from the front of the history][, "request_id": id]}
 
 Error (HTTP 400)::
 
-    {"error": what was wrong and what is allowed, "field": the offending field}
+    {"error": what was wrong and what is allowed, "field": the offending field[, "request_id": id]}
+
+A client matches answers to requests by ``request_id`` (the load tool checks every request is answered
+exactly once); an error body carries it too where the body was an object with a valid one.
 
 KServe's v1 protocol is understood too: ``{"instances": [request, ...]}`` is answered with
 ``{"predictions": [response, ...]}``, or a 400 naming ``instances[i].field`` if any instance is bad.
@@ -29,15 +33,17 @@ from typing import Any
 from ..config import ModelConfig
 from ..request import RecRequest, RequestError, ScoredItem, build_request
 
-__all__ = ["INSTANCES", "OPTIONAL_FIELDS", "REQUIRED_FIELDS", "decode_body", "error_body", "parse_body",
-           "parse_request", "response_body"]
+__all__ = ["INSTANCES", "MAX_REQUEST_ID", "OPTIONAL_FIELDS", "REQUIRED_FIELDS", "decode_body", "error_body",
+           "parse_body", "parse_request", "request_id_of", "request_ids", "response_body"]
 
 REQUIRED_FIELDS = ("k",)  # and exactly one of HISTORY_FIELDS
 HISTORY_FIELDS = ("history", "history_tokens")
-OPTIONAL_FIELDS = ("beam_width", "exclude", "exclude_history", "normalize")
+OPTIONAL_FIELDS = ("beam_width", "exclude", "exclude_history", "normalize", "request_id")
 _ALLOWED = (*HISTORY_FIELDS, *REQUIRED_FIELDS, *OPTIONAL_FIELDS)
 _EXAMPLE = '{"history": [1000, 1001], "k": 5}'
 INSTANCES = "instances"  # KServe v1: {"instances": [request, ...]}
+MAX_REQUEST_ID = 128  # characters
+MAX_ERROR_CHARS, MAX_FIELD_CHARS = 500, 100  # of an error body's message and field name
 
 
 def _type_name(value: Any) -> str:
@@ -58,9 +64,34 @@ def decode_body(body: Any) -> dict:
         except json.JSONDecodeError as err:
             raise RequestError("body", f"malformed JSON ({err.msg} at line {err.lineno} column {err.colno}); "
                                        f"expected an object, e.g. {_EXAMPLE}") from None
+        except ValueError as err:  # an integer of more than sys.get_int_max_str_digits() digits
+            raise RequestError("body", f"unreadable JSON ({str(err).split(';')[0]}); expected an object, "
+                                       f"e.g. {_EXAMPLE}") from None
+        except RecursionError:  # arrays or objects nested thousands deep
+            raise RequestError("body", f"JSON nested too deeply; expected an object, e.g. {_EXAMPLE}") from None
     if not isinstance(body, dict):
         raise RequestError("body", f"must be a JSON object, e.g. {_EXAMPLE}; got {_type_name(body)}")
     return body
+
+
+def _check_request_id(value: Any) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_REQUEST_ID:
+        got = f"a string of {len(value)} characters" if isinstance(value, str) else _type_name(value)
+        raise RequestError("request_id", f"must be a string of 1 to {MAX_REQUEST_ID} characters; got {got}")
+    return value
+
+
+def request_id_of(fields: Any) -> str | None:
+    """A decoded body's valid ``request_id``, or None (missing, invalid, or not an object): never raises."""
+    try:
+        return _check_request_id(fields["request_id"]) if isinstance(fields, dict) and "request_id" in fields else None
+    except RequestError:
+        return None
+
+
+def request_ids(fields: dict, instances: bool) -> list[str | None]:
+    """The ``request_id`` of each request a parsed body holds (see :func:`parse_body`), None where it has none."""
+    return [request_id_of(instance) for instance in fields[INSTANCES]] if instances else [request_id_of(fields)]
 
 
 def parse_request(body: Any, cfg: ModelConfig, catalog, *, max_beam_width: int, normalize: str = "vocab",
@@ -88,6 +119,8 @@ def parse_request(body: Any, cfg: ModelConfig, catalog, *, max_beam_width: int, 
     exclude = fields.get("exclude", [])
     if not isinstance(exclude, list):
         raise RequestError("exclude", f"must be an array of item ids; got {_type_name(exclude)}")
+    if "request_id" in fields:
+        _check_request_id(fields["request_id"])
     for name in HISTORY_FIELDS:
         if name in fields and not isinstance(fields[name], list):
             raise RequestError(name, f"must be an array of integers; got {_type_name(fields[name])}")
@@ -132,8 +165,10 @@ def parse_body(body: Any, cfg: ModelConfig, catalog, *, max_beam_width: int, nor
 
 
 def response_body(items: list[ScoredItem], request: RecRequest, *, model: str, batch_size: int,
-                  timing_ms: dict[str, float], names: dict[int, str] | None = None) -> dict:
-    """The JSON object answering one request; items carry ``name`` where the model has names."""
+                  timing_ms: dict[str, float], names: dict[int, str] | None = None,
+                  request_id: str | None = None) -> dict:
+    """The JSON object answering one request; items carry ``name`` where the model has names, and the
+    body the request's ``request_id`` where it had one."""
     out_items = []
     for item in items:
         entry = item.to_json()
@@ -144,8 +179,19 @@ def response_body(items: list[ScoredItem], request: RecRequest, *, model: str, b
             "timing_ms": {key: round(value, 3) for key, value in timing_ms.items()}}
     if request.truncated:
         body["truncated"] = request.truncated
+    if request_id is not None:
+        body["request_id"] = request_id
     return body
 
 
-def error_body(err: RequestError) -> dict:
-    return {"error": err.message, "field": err.field}
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def error_body(err: RequestError, request_id: str | None = None) -> dict:
+    """``{"error", "field"[, "request_id"]}``; a message or field name that echoes a huge value is clipped, so
+    that a bad request never makes an answer over TorchServe's max_response_size."""
+    body = {"error": _clip(err.message, MAX_ERROR_CHARS), "field": _clip(err.field, MAX_FIELD_CHARS)}
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body

@@ -5,7 +5,9 @@ Each :class:`TorchServe` gets its own working directory (config, logs, pid file,
 always stops what it started. The traps it avoids (../../shared/TORCHSERVE.md): output goes to a file,
 never a pipe (the Java child would hold the pipe open); ``--ncs`` so no old snapshot is restored;
 readiness is the model's workers being READY, not ``/ping``; ``torchserve --start`` exits 0 even when
-it failed, so a start is judged only by readiness, within a bounded time.
+it failed, so a start is judged only by readiness, within a bounded time. Every archive is checked
+(:func:`~xgr_toolkit.serving.archive.check_archive`) before Java starts, so that a corrupt one is a clear
+error naming it rather than a worker that dies.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from .archive import ArchiveError, check_archive
 
 __all__ = ["TorchServe", "TorchServeError", "find_java_home", "free_ports", "http_request"]
 
@@ -150,6 +154,12 @@ class TorchServe:
 
     def start(self) -> TorchServe:
         java_home = find_java_home()  # before anything is made, so that a missing Java leaves nothing behind
+        for name, archive in self.models.items():  # a corrupt archive: a clear error now, not a dying worker
+            if str(archive).endswith(".mar") and (self.model_store / archive).is_file():
+                try:
+                    check_archive(self.model_store / archive)
+                except ArchiveError as err:
+                    raise TorchServeError(f"model {name}: {err}") from None
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="xgr-torchserve-"))
         tmp = self.workdir / "tmp"  # pid file (Python's tempdir) and worker sockets (Java's tmpdir)
