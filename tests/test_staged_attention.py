@@ -50,7 +50,7 @@ def attention_inputs(draw, dtype=torch.float32):
 @settings(max_examples=150, deadline=None)
 @given(inputs=attention_inputs())
 def test_reference_equals_dense_oracle(inputs):
-    torch.testing.assert_close(staged_attention_reference(*inputs), dense_attention(*inputs), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(staged_attention_reference(*inputs), dense_attention(*inputs), atol=1e-4, rtol=1e-4)
 
 
 @settings(max_examples=30, deadline=None)
