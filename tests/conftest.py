@@ -6,7 +6,11 @@ then ``TRAILING_CONTEXT`` more context tokens. Pad and eos are context tokens, n
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +19,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 from xgr_toolkit import GRDecoder, ItemCatalog, ModelConfig
 from xgr_toolkit.hf_import import model_config_from_hf
+from xgr_toolkit.serving import PackageOptions, TorchServe, TorchServeError, package_model
+from xgr_toolkit.serving.server import find_java_home
 from xgr_toolkit.synthetic import random_model_dir
 
 # CI draws the same examples every run, so that a red run is reproducible; local runs explore.
@@ -117,3 +123,40 @@ def small_cfg() -> ModelConfig:
 def tiny_model_dir(tmp_path):
     """A model directory of the ``tiny`` shape with 300 random items (ids 1000..1299)."""
     return random_model_dir(tmp_path / "tiny", ModelConfig(), num_items=300, seed=0)
+
+
+@pytest.fixture(scope="module")
+def serve_model(tmp_path_factory):
+    """``serve_model(model_dir, name, options, **properties)``: package the model directory and serve it
+    from a private TorchServe on free loopback ports, stopped on exit even when a test fails; ``ts.url``
+    is its prediction URL. Skips where TorchServe, the archiver or Java is missing."""
+    pytest.importorskip("ts", reason="TorchServe is not installed (pip install -e '.[serve]')")
+    pytest.importorskip("model_archiver", reason="torch-model-archiver is not installed")
+    try:
+        find_java_home()
+    except TorchServeError as err:
+        pytest.skip(str(err))
+
+    @contextlib.contextmanager
+    def serve(model_dir, name: str, options: PackageOptions, **properties: str):
+        store = tmp_path_factory.mktemp(f"{name}-store")
+        package_model(model_dir, name, store, options)
+        with TorchServe(store, {name: f"{name}.mar"}, start_timeout=150, env={"OMP_NUM_THREADS": "1"},
+                        properties={"disable_system_metrics": "true", **properties}) as ts:
+            ts.url = f"{ts.inference_url}/predictions/{name}"
+            yield ts
+
+    return serve
+
+
+@pytest.fixture
+def run_triton_interpreted():
+    """``run(keyword)``: tests/test_ops_triton.py's tests matching ``keyword``, with Triton interpreted on
+    the CPU in a fresh process (Triton reads TRITON_INTERPRET when its kernels are defined); asserts they pass."""
+    def run(keyword: str) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", keyword,
+             str(Path(__file__).with_name("test_ops_triton.py"))],
+            env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0 and " passed" in result.stdout, result.stdout + result.stderr
+    return run

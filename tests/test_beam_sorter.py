@@ -1,9 +1,5 @@
 """MaskedBeamSorter against a full stable sort of every candidate."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -102,10 +98,6 @@ def test_module_has_no_parameters_rejects_bad_k_and_compiles_without_graph_break
         assert torch.equal(a, b)
 
 
-def test_triton_kernel_under_the_interpreter():
+def test_triton_kernel_under_the_interpreter(run_triton_interpreted):
     """tests/test_ops_triton.py's sorter tests, interpreted on the CPU in a fresh process."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "beam_sorter",
-         str(Path(__file__).with_name("test_ops_triton.py"))],
-        env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and " passed" in result.stdout, result.stdout + result.stderr
+    run_triton_interpreted("beam_sorter")

@@ -20,10 +20,10 @@ import pytest
 from safetensors.torch import save as safetensors_bytes
 
 from xgr_toolkit import preset
-from xgr_toolkit.serving import PackageOptions, TorchServe, TorchServeError, package_model
+from xgr_toolkit.serving import PackageOptions, TorchServe, TorchServeError
 from xgr_toolkit.serving.archive import ArchiveError, check_archive
 from xgr_toolkit.serving.loadgen import LoadOptions, make_cases, run_load
-from xgr_toolkit.serving.server import find_java_home, http_request
+from xgr_toolkit.serving.server import http_request
 from xgr_toolkit.synthetic import random_catalog, random_model_dir
 
 pytestmark = pytest.mark.serve
@@ -44,19 +44,10 @@ def cases(model_dir):
 
 
 @pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
-    pytest.importorskip("ts", reason="TorchServe is not installed (pip install -e '.[serve]')")
-    try:
-        find_java_home()
-    except TorchServeError as err:
-        pytest.skip(str(err))
-    store = tmp_path_factory.mktemp("faults-store")
+def server(model_dir, serve_model):
     options = PackageOptions(max_beam_width=MAX_W, batch_size=4, max_batch_delay_ms=10, min_workers=1, max_workers=1,
                              response_timeout_s=RESPONSE_TIMEOUT_S, startup_timeout_s=60)
-    package_model(model_dir, NAME, store, options)
-    with TorchServe(store, {NAME: f"{NAME}.mar"}, start_timeout=150, env={"OMP_NUM_THREADS": "1"},
-                    properties={"disable_system_metrics": "true", "enable_model_api": "true"}) as ts:
-        ts.url = f"{ts.inference_url}/predictions/{NAME}"
+    with serve_model(model_dir, NAME, options, enable_model_api="true") as ts:
         yield ts
 
 

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from xgr_toolkit import preset
 from xgr_toolkit.request import RequestError
-from xgr_toolkit.serving import PackageOptions, RecService, TorchServe, TorchServeError, package_model
+from xgr_toolkit.serving import PackageOptions, RecService
 from xgr_toolkit.serving.loadgen import LoadOptions, compare_items, make_cases, run_load
-from xgr_toolkit.serving.server import find_java_home, http_request
+from xgr_toolkit.serving.server import http_request
 from xgr_toolkit.synthetic import random_model_dir
 
 pytestmark = pytest.mark.serve
@@ -46,18 +46,9 @@ def service(model_dir):
 
 
 @pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
-    pytest.importorskip("ts", reason="TorchServe is not installed (pip install -e '.[serve]')")
-    try:
-        find_java_home()
-    except TorchServeError as err:
-        pytest.skip(str(err))
-    store = tmp_path_factory.mktemp("fuzz-store")
-    package_model(model_dir, NAME, store, PackageOptions(max_beam_width=MAX_W, batch_size=8, max_batch_delay_ms=5,
-                                                         response_timeout_s=30))
-    with TorchServe(store, {NAME: f"{NAME}.mar"}, start_timeout=150, env={"OMP_NUM_THREADS": "1"},
-                    properties={"disable_system_metrics": "true", "max_request_size": str(MAX_REQUEST)}) as ts:
-        ts.url = f"{ts.inference_url}/predictions/{NAME}"
+def server(model_dir, serve_model):
+    options = PackageOptions(max_beam_width=MAX_W, batch_size=8, max_batch_delay_ms=5, response_timeout_s=30)
+    with serve_model(model_dir, NAME, options, max_request_size=str(MAX_REQUEST)) as ts:
         ts.first_pid = ts.workers(NAME)[0]["pid"]
         yield ts
 

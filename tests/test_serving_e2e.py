@@ -18,7 +18,7 @@ import pytest
 from xgr_toolkit import build_request, load_model_dir, preset
 from xgr_toolkit.engines import build_engine
 from xgr_toolkit.serving import PackageOptions, TorchServe, TorchServeError, package_model, save_item_names
-from xgr_toolkit.serving.server import find_java_home, http_request
+from xgr_toolkit.serving.server import http_request
 from xgr_toolkit.synthetic import random_model_dir
 
 pytestmark = pytest.mark.serve
@@ -44,19 +44,10 @@ def items(model):
 
 
 @pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
-    pytest.importorskip("ts", reason="TorchServe is not installed (pip install -e '.[serve]')")
-    pytest.importorskip("model_archiver", reason="torch-model-archiver is not installed")
-    try:
-        find_java_home()
-    except TorchServeError as err:
-        pytest.skip(str(err))
-    store = tmp_path_factory.mktemp("model_store")
+def server(model_dir, serve_model):
     options = PackageOptions(max_beam_width=MAX_W, batch_size=4, max_batch_delay_ms=150, min_workers=WORKERS,
                              max_workers=WORKERS, response_timeout_s=60)
-    package_model(model_dir, NAME, store, options)
-    with TorchServe(store, {NAME: f"{NAME}.mar"}, start_timeout=150, env={"OMP_NUM_THREADS": "1"},
-                    properties={"disable_system_metrics": "true"}) as ts:
+    with serve_model(model_dir, NAME, options) as ts:
         ts.initial_pids = sorted(w["pid"] for w in ts.workers(NAME))
         yield ts
 

@@ -3,10 +3,6 @@
 The oracle is what a naive engine does: copy the prompt KV into every beam and run SDPA with a mask.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -115,10 +111,6 @@ def test_dispatcher_uses_the_reference_on_cpu_and_compiles_without_graph_breaks(
         staged_attention(*inputs, backend="flash")
 
 
-def test_triton_kernel_under_the_interpreter():
+def test_triton_kernel_under_the_interpreter(run_triton_interpreted):
     """tests/test_ops_triton.py's staged-attention tests, interpreted on the CPU in a fresh process."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "staged_attention",
-         str(Path(__file__).with_name("test_ops_triton.py"))],
-        env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and " passed" in result.stdout, result.stdout + result.stderr
+    run_triton_interpreted("staged_attention")
