@@ -20,9 +20,10 @@ def test_request_flops_count_by_hand():
     assert weight_bytes(cfg) == (linear + 4 * 8) * 2
 
 
-def test_percentiles():
-    p = percentiles([i / 1000 for i in range(1, 101)])
-    assert p["p50_ms"] == 51 and p["p99_ms"] == 99 and abs(p["mean_ms"] - 50.5) < 1e-9
+def test_percentiles_are_nearest_rank():
+    p = percentiles([i / 1000 for i in range(100, 0, -1)])  # 1..100 ms, unsorted
+    assert p["p50_ms"] == 50 and p["p99_ms"] == 99 and abs(p["mean_ms"] - 50.5) < 1e-9
+    assert percentiles([0.007])["p99_ms"] == 7 and percentiles([])["p50_ms"] != percentiles([])["p50_ms"]  # nan
 
 
 def _system(p50, rps):

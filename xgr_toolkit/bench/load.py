@@ -1,25 +1,44 @@
-"""Closed- and open-loop load against anything with ``submit(request) -> Future``."""
+"""Load primitives (nearest-rank percentiles, Poisson arrivals) and closed- and open-loop drivers for
+anything with ``submit(request) -> Future``; ``xgr load`` (serving/loadgen.py) drives HTTP with the same
+primitives."""
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 
-__all__ = ["closed_loop", "open_loop", "percentiles"]
+__all__ = ["closed_loop", "open_loop", "percentile", "percentiles", "poisson_arrivals"]
 
 Submit = Callable[[object], Future]
 
 
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list (q in [0, 100]); nan when empty."""
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[max(1, math.ceil(q / 100 * len(sorted_values))) - 1]
+
+
 def percentiles(latencies_s: list[float]) -> dict[str, float]:
     """P50, P99 and mean, in milliseconds."""
-    if not latencies_s:
-        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "mean_ms": float("nan")}
     xs = sorted(latencies_s)
-    at = lambda q: xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] * 1e3  # noqa: E731
-    return {"p50_ms": at(0.50), "p99_ms": at(0.99), "mean_ms": sum(xs) / len(xs) * 1e3}
+    mean = sum(xs) / len(xs) * 1e3 if xs else float("nan")
+    return {"p50_ms": percentile(xs, 50) * 1e3, "p99_ms": percentile(xs, 99) * 1e3, "mean_ms": mean}
+
+
+def poisson_arrivals(rate: float, seconds: float, limit: int, rng: random.Random) -> Iterator[float]:
+    """Arrival offsets in seconds from the start: exponential gaps of mean 1/rate, before ``seconds``, at
+    most ``limit`` of them."""
+    t = 0.0
+    for _ in range(limit):
+        t += rng.expovariate(rate)
+        if t >= seconds:
+            return
+        yield t
 
 
 def closed_loop(submit: Submit, requests: list, concurrency: int, duration_s: float, max_requests: int) -> dict:
@@ -52,11 +71,10 @@ def closed_loop(submit: Submit, requests: list, concurrency: int, duration_s: fl
 
 def open_loop(submit: Submit, requests: list, rate_rps: float, duration_s: float, seed: int = 0) -> dict:
     """Poisson arrivals at ``rate_rps`` for ``duration_s``; latency counts from each arrival time."""
-    rng, latencies, futures = random.Random(seed), [], []
+    latencies, futures = [], []
     start = time.perf_counter()
-    arrival = start
-    while arrival < start + duration_s:
-        arrival += rng.expovariate(rate_rps)
+    for offset in poisson_arrivals(rate_rps, duration_s, 10**9, random.Random(seed)):
+        arrival = start + offset
         delay = arrival - time.perf_counter()
         if delay > 0:
             time.sleep(delay)

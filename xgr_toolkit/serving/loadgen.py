@@ -24,10 +24,12 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from ..bench.load import percentile, poisson_arrivals
 
 __all__ = ["LoadCase", "LoadError", "LoadOptions", "LoadReport", "Outcome", "Target", "check_loopback",
            "compare_items", "make_cases", "poisson_arrivals", "read_cases", "run_load", "write_cases"]
@@ -233,14 +235,6 @@ class Outcome:
     error: str | None = None  # the answer's error message (4xx/5xx JSON) or the exception
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending list (q in [0, 100])."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 @dataclass
 class LoadReport:
     """What a run measured; ``summary()`` is its JSON, ``text()`` its human form, ``passed`` its verdict."""
@@ -296,7 +290,7 @@ class LoadReport:
         if not values:
             return {"count": 0}
         return {"count": len(values), "mean": round(sum(values) / len(values), 3),
-                **{f"p{q:g}": round(_percentile(values, q), 3) for q in (50, 90, 99, 99.9)},
+                **{f"p{q:g}": round(percentile(values, q), 3) for q in (50, 90, 99, 99.9)},
                 "max": round(values[-1], 3)}
 
     def summary(self) -> dict:
@@ -339,17 +333,6 @@ class LoadReport:
 
 
 # ---- the load loops ----------------------------------------------------------------------------------------
-def poisson_arrivals(rate: float, seconds: float, limit: int, rng: random.Random) -> Iterator[float]:
-    """Arrival offsets in seconds from the start: exponential gaps of mean 1/rate, before ``seconds``, at
-    most ``limit`` of them."""
-    t = 0.0
-    for _ in range(limit):
-        t += rng.expovariate(rate)
-        if t >= seconds:
-            return
-        yield t
-
-
 class _Client:
     """One keep-alive HTTP connection per thread."""
 
