@@ -5,7 +5,7 @@ import json
 from xgr_toolkit import ModelConfig
 from xgr_toolkit.bench.flops import request_flops, weight_bytes
 from xgr_toolkit.bench.load import percentiles
-from xgr_toolkit.bench.report import markdown_table, write_markdown
+from xgr_toolkit.bench.report import markdown_table, plot_sweeps, write_markdown
 
 
 def test_request_flops_count_by_hand():
@@ -38,11 +38,18 @@ def test_markdown_table_is_generated_from_the_json(tmp_path):
                 "ablations": {"no compile": _system(4.0, 400.0), "no shared prompt KV": {"error": "out of memory"}},
                 "hf": {"c1": {"p50_ms": 20.0, "p99_ms": 22.0}, "best_rps": 50.0}, "speedup_vs_hf": 10.0,
                 "mfu": 0.25, "floor_ms": 0.1, "c1_p50_over_floor": 30.0, "decode_floor_ms": 0.05,
-                "bf16_top_k_agreement": 0.99, "warmup_s": 12.0}
+                "bf16_top_k_agreement": 0.99, "warmup_s": 12.0, "decode_over_floor": 2.5,
+                "phases_ms": {"R1": {"prefill + level 0": 1.0, "decode level 1": 0.25, "decode": 0.25}},
+                "profile": {"R1": {"kernels_per_replay": 99.0, "ms_by_kind": {"matrix product": 0.75}}},
+                "sweeps": {"beam_width": [{"value": 64, "gpu_ms": 1.0, "phases_ms": {"decode": 0.5}},
+                                          {"value": 1024, "error": "out of memory"}]}}
     results = {"workloads": {"tiny": workload}}
     table = markdown_table(results)
     assert "GPU-X" in table and "| tiny | no shared prompt KV |" in table and "out of memory" in table
-    assert "| tiny | 10.0x | 25.0% |" in table and "R1: 0.50" in table and "99.0%" in table
+    assert "| tiny | 10.0x | 25.0% |" in table and "R1: 0.50" in table and "99.0%" in table and "| 2.50 |" in table
+    assert "| tiny | 1 | prefill + level 0 1.00, decode level 1 0.25 | 99 | matrix product 0.75 |" in table
+    assert "| tiny | beam_width | 64 | 1.00 | 0.50 |" in table and "| tiny | beam_width | 1,024 | out of memory |" in table
+    assert plot_sweeps(results, tmp_path / "sweeps.png") and (tmp_path / "sweeps.png").stat().st_size > 0
     (tmp_path / "bench.json").write_text(json.dumps(results))
     write_markdown(tmp_path / "bench.json", tmp_path / "benchmarks.md")
     assert table in (tmp_path / "benchmarks.md").read_text()

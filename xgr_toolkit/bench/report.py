@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["markdown_table", "plot", "write_markdown"]
+__all__ = ["markdown_table", "plot", "plot_sweeps", "write_markdown"]
 
 
 def _fmt(x, digits: int = 1) -> str:
@@ -34,15 +34,73 @@ def markdown_table(results: dict) -> str:
             lines.append(f"| {name} | HF transformers generate | {_fmt(c1.get('p50_ms'))} | {_fmt(c1.get('p99_ms'))} "
                          f"| | | | | {note} |")
     lines += ["", "| workload | speed-up vs HF | MFU | floor (ms) | c=1 P50 / floor | decode floor (ms) "
-              "| GPU ms a batch (graph replay) | bf16 top-K agreement | peak memory (GiB) | warm-up (s) |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| decode / its floor | GPU ms a batch (graph replay) | bf16 top-K agreement | peak memory (GiB) "
+              "| warm-up (s) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, w in results["workloads"].items():
         gpu = ", ".join(f"{k}: {v:.2f}" for k, v in w["xgr"].get("gpu_ms_per_batch", {}).items())
         lines.append(f"| {name} | {_fmt(w.get('speedup_vs_hf'))}x | {_fmt(100 * w['mfu'])}% | "
                      f"{_fmt(w['floor_ms'], 2)} | {_fmt(w['c1_p50_over_floor'])} | {_fmt(w['decode_floor_ms'], 2)} "
-                     f"| {gpu} | {_fmt(100 * w['bf16_top_k_agreement'])}% | {_fmt(w['xgr']['peak_memory_gib'], 2)} "
-                     f"| {_fmt(w['warmup_s'])} |")
-    return "\n".join(lines)
+                     f"| {_fmt(w.get('decode_over_floor'), 2)} | {gpu} | {_fmt(100 * w['bf16_top_k_agreement'])}% "
+                     f"| {_fmt(w['xgr']['peak_memory_gib'], 2)} | {_fmt(w['warmup_s'])} |")
+    return "\n".join(lines + _time_split(results) + _sweep_table(results))
+
+
+def _time_split(results: dict) -> list[str]:
+    """Where a batch's GPU time goes: phases (each its own graph) and the kernel profile by kind."""
+    lines = ["", "### Where a batch's GPU time goes", "",
+             "| workload | batch | phases (ms) | kernels a batch | kernel ms by kind |", "|---|---|---|---|---|"]
+    for name, w in results["workloads"].items():
+        for R, phases in w.get("phases_ms", {}).items():
+            profile = w.get("profile", {}).get(R, {})
+            split = ", ".join(f"{k} {v:.2f}" for k, v in phases.items() if k != "decode")
+            kinds = ", ".join(f"{k} {v:.2f}" for k, v in profile.get("ms_by_kind", {}).items())
+            lines.append(f"| {name} | {R[1:]} | {split} | {_fmt(profile.get('kernels_per_replay'), 0)} | {kinds} |")
+    return lines if len(lines) > 5 else []
+
+
+def _sweep_table(results: dict) -> list[str]:
+    """GPU ms of one request alone as one workload parameter changes."""
+    lines = ["", "### Scaling: GPU ms of one request alone (batch 1), one parameter changed at a time", "",
+             "| workload | parameter | value | GPU ms | of which decode |", "|---|---|---|---|---|"]
+    for name, w in results["workloads"].items():
+        for axis, points in w.get("sweeps", {}).items():
+            for p in points:
+                ms = p.get("error") or f"{p['gpu_ms']:.2f}"
+                decode = f"{p['phases_ms']['decode']:.2f}" if "phases_ms" in p else ""
+                lines.append(f"| {name} | {axis} | {p['value']:,} | {ms} | {decode} |")
+    return lines if len(lines) > 5 else []
+
+
+def plot_sweeps(results: dict, path: Path) -> bool:
+    """One panel per sweep axis: GPU ms of one request against the parameter (log x). False: no sweeps."""
+    swept = {name: w["sweeps"] for name, w in results["workloads"].items() if w.get("sweeps")}
+    if not swept:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axes_names = list(dict.fromkeys(axis for sweeps in swept.values() for axis in sweeps))
+    fig, axes = plt.subplots(1, len(axes_names), figsize=(4 * len(axes_names), 3.6), squeeze=False)
+    for ax, axis in zip(axes[0], axes_names):
+        for name, sweeps in swept.items():
+            points = [p for p in sweeps.get(axis, []) if "gpu_ms" in p]
+            ax.plot([p["value"] for p in points], [p["gpu_ms"] for p in points], marker="o", label=f"{name} total")
+            ax.plot([p["value"] for p in points], [p["phases_ms"]["decode"] for p in points], marker=".",
+                    linestyle="--", label=f"{name} decode")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel(axis.replace("_", " "))
+        ax.set_ylabel("GPU ms, one request")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
 
 
 def plot(results: dict, path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import gc
-import random
 import time
 
 import torch
@@ -14,12 +13,13 @@ from tqdm import tqdm
 from ..config import BeamConfig, ServeConfig, XGRConfig
 from ..engine import GREngine
 from ..model_dir import GRModel
-from ..request import RecRequest, sid_tokens
 from ..synthetic import random_catalog, random_decoder
 from .flops import request_flops, weight_bytes
 from .hf_baseline import HFConstrainedGenerate
 from .load import closed_loop, open_loop, percentiles
-from .workloads import Workload
+from .phases import kernel_profile, phase_ms
+from .sweeps import scaling_sweeps
+from .workloads import Workload, warm_engine, workload_requests
 
 __all__ = ["ABLATIONS", "bench_workload", "device_peaks"]
 
@@ -56,21 +56,6 @@ def device_peaks() -> dict[str, float]:
     mm = timed(lambda: a @ b, 20)
     copy = timed(lambda: dst.copy_(src), 20)
     return {"bf16_tflops": 2 * 8192**3 / mm / 1e12, "copy_gbps": 2 * src.nbytes / copy / 1e9}
-
-
-def _requests(w: Workload, catalog, cfg, count: int = 64) -> list[RecRequest]:
-    """Histories of random catalog items, written as exactly P prompt tokens."""
-    rng = random.Random(0)
-    items = catalog.codes[torch.tensor([rng.randrange(len(catalog)) for _ in range(count * w.prompt_tokens)])]
-    tokens = sid_tokens(cfg, items).flatten().view(count, -1)[:, :w.prompt_tokens]
-    return [RecRequest(tuple(t.tolist()), w.beam_width, w.top_k) for t in tokens]
-
-
-def _engine(model: GRModel, serve: ServeConfig) -> tuple[GREngine, float]:
-    start = time.perf_counter()
-    engine = GREngine(dataclasses.replace(model, config=dataclasses.replace(model.config, serve=serve)))
-    engine.warmup()
-    return engine, time.perf_counter() - start
 
 
 def _throughput_at_limit(engine: GREngine, requests, closed_loop_rps: float, seconds: float) -> dict:
@@ -160,21 +145,25 @@ def _hf(decoder, catalog, requests, seconds: float) -> dict:
     return result
 
 
-def bench_workload(w: Workload, seconds: float = 3.0, ablations: bool = True, hf: bool = True) -> dict:
+def bench_workload(w: Workload, seconds: float = 3.0, ablations: bool = True, hf: bool = True,
+                   sweeps: bool = False) -> dict:
     """Every figure of one workload; see ../shared/BENCHMARKS.md for what each means."""
     cfg = w.model_config()
-    steps = tqdm(total=4 + (len(ABLATIONS) if ablations else 0) + hf, desc=w.name)
+    steps = tqdm(total=4 + (len(ABLATIONS) if ablations else 0) + hf + sweeps, desc=w.name)
     decoder = random_decoder(cfg, seed=0, device="cuda").to(torch.bfloat16)
     catalog = random_catalog(w.catalog_items, cfg.levels, cfg.codes, seed=0)
-    requests = _requests(w, catalog, cfg)
+    requests = workload_requests(w, catalog, cfg)
     serve = ServeConfig(device="cuda", dtype="bfloat16", max_batch=w.max_batch, prompt_buckets=[w.prompt_tokens],
                         max_wait_ms=2.0, compile=True, cuda_graphs=True)
     model = GRModel(XGRConfig(model=cfg, beam=BeamConfig(beam_width=w.beam_width, top_k=w.top_k), serve=serve),
                     decoder, catalog)
     result: dict = {"workload": dataclasses.asdict(w), "peaks": device_peaks()}
     steps.update()
-    engine, result["warmup_s"] = _engine(model, serve)
+    engine, result["warmup_s"] = warm_engine(model, serve)
     result["xgr"] = _measure(engine, requests, seconds, sweep=True)
+    sizes = sorted({1, w.max_batch})
+    result["phases_ms"] = {f"R{R}": phase_ms(engine, requests, R) for R in sizes}
+    result["profile"] = {f"R{R}": kernel_profile(engine, requests, R) for R in sizes}
     steps.update()
     flops = request_flops(cfg, w.prompt_tokens, w.beam_width)
     peak = result["peaks"]["bf16_tflops"] * 1e12
@@ -186,6 +175,8 @@ def bench_workload(w: Workload, seconds: float = 3.0, ablations: bool = True, hf
     floor_bytes = weight_bytes(cfg) / w.max_batch / (result["peaks"]["copy_gbps"] * 1e9)
     result["floor_ms"] = max(floor_compute, floor_bytes) * 1e3
     result["decode_floor_ms"] = flops["decode"] / peak * 1e3
+    decode_ms = result["phases_ms"][f"R{w.max_batch}"]["decode"] / w.max_batch  # a request's share of a full batch
+    result["decode_over_floor"] = decode_ms / result["decode_floor_ms"]
     result["c1_p50_over_floor"] = c1 * 1e3 / result["floor_ms"]
     steps.update()
     result["bf16_top_k_agreement"] = _bf16_agreement(model, requests)
@@ -194,7 +185,7 @@ def bench_workload(w: Workload, seconds: float = 3.0, ablations: bool = True, hf
         result["ablations"] = {}
         for name, change in ABLATIONS.items():
             try:
-                ablated, warm = _engine(model, dataclasses.replace(serve, **change))
+                ablated, warm = warm_engine(model, dataclasses.replace(serve, **change))
                 result["ablations"][name] = {"warmup_s": warm, **_measure(ablated, requests, seconds, sweep=False)}
                 del ablated
             except torch.OutOfMemoryError as err:
@@ -202,10 +193,13 @@ def bench_workload(w: Workload, seconds: float = 3.0, ablations: bool = True, hf
             gc.collect()
             torch.cuda.empty_cache()
             steps.update()
+    del engine  # the sweeps and HF need its memory
+    gc.collect()
+    torch.cuda.empty_cache()
+    if sweeps:
+        result["sweeps"] = scaling_sweeps(w, decoder, catalog)
+        steps.update()
     if hf:
-        del engine
-        gc.collect()
-        torch.cuda.empty_cache()
         result["hf"] = _hf(decoder, catalog, requests, seconds)
         if result["hf"].get("best_rps"):
             result["speedup_vs_hf"] = rps / result["hf"]["best_rps"]

@@ -16,6 +16,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=3.0, help="seconds a measurement point")
     p.add_argument("--no-ablations", action="store_true")
     p.add_argument("--no-hf", action="store_true")
+    p.add_argument("--sweeps", action="store_true", help="also the scaling sweeps (beam width, prompt, catalog)")
     p.add_argument("--report", action="store_true", help="only regenerate docs/benchmarks.md from the JSON")
     p.add_argument("--append", action="store_true", help="add to (or replace in) an existing bench.json")
 
@@ -23,7 +24,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..bench.report import markdown_table, plot, write_markdown
+    from ..bench.report import markdown_table, plot, plot_sweeps, write_markdown
     from ..bench.run import bench_workload
 
     out = Path(args.out)
@@ -41,10 +42,11 @@ def run(args: argparse.Namespace) -> int:
     results = json.loads(existing.read_text()) if args.append and existing.exists() else {"workloads": {}}
     out.mkdir(parents=True, exist_ok=True)
     for name in args.workloads:
-        result = bench_workload(WORKLOADS[name], args.seconds, not args.no_ablations, not args.no_hf)
+        result = bench_workload(WORKLOADS[name], args.seconds, not args.no_ablations, not args.no_hf, args.sweeps)
         results["workloads"][name] = {"meta": meta, **result}
         (out / "bench.json").write_text(json.dumps(results, indent=1))  # keep what is done
     plot(results, out / "bench.png")
+    plot_sweeps(results, out / "sweeps.png")
     write_markdown(out / "bench.json", out.parent / "benchmarks.md")
     print(markdown_table(results))
     return 0
