@@ -26,6 +26,14 @@ def test_each_ablation_still_equals_reference(ablation):
     assert_same_items(ReferenceEngine(model).recommend(requests), GREngine(model).recommend(requests))
 
 
+def test_compiled_engine_equals_reference_on_the_cpu():
+    """torch.compile'd layers and head (the GPU's code path minus CUDA graphs), every bucket warmed up."""
+    model, requests = random_case(3, ServeConfig(prompt_buckets=[40], max_batch=2, compile=True))
+    engine = GREngine(model)
+    engine.warmup()
+    assert_same_items(ReferenceEngine(model).recommend(requests), engine.recommend(requests))
+
+
 def test_submit_batches_in_the_background_and_answers_each_request():
     model, requests = random_case(2, ServeConfig(prompt_buckets=[40], max_batch=3, max_wait_ms=20))
     engine = GREngine(model)
@@ -57,18 +65,19 @@ def test_prompt_cache_is_written_once_and_its_memory_does_not_depend_on_beam_wid
     assert prompt_bytes(16) == prompt_bytes(1024)
 
 
-def test_reorder_moves_only_the_per_beam_cache():
+def test_reorder_moves_only_the_filled_positions_of_the_per_beam_cache():
     cache = BeamKVCache()
     cache.setup(1, 2, 5, 4, 3, 1, 2, torch.float32, "cpu")
     cache.beam_k.copy_(torch.arange(cache.beam_k.numel(), dtype=torch.float32).view_as(cache.beam_k))
     cache.prompt_k.normal_()
     prompt, beams = cache.prompt_k.clone(), cache.beam_k.clone()
     parent = torch.tensor([[0, 0, 2, 3], [1, 1, 1, 3]])
-    cache.reorder(parent)
+    cache.reorder(parent, filled=2)
     assert torch.equal(cache.prompt_k, prompt)
     for r in range(2):
         for w in range(4):
-            assert torch.equal(cache.beam_k[0, r, w], beams[0, r, parent[r, w]])
+            assert torch.equal(cache.beam_k[0, r, w, :, :2], beams[0, r, parent[r, w], :, :2])
+            assert torch.equal(cache.beam_k[0, r, w, :, 2:], beams[0, r, w, :, 2:])  # positions not yet filled stay
 
 
 def test_cli_fast_engine_prints_what_the_reference_prints(tiny_model_dir, capsys):

@@ -1,6 +1,6 @@
 """BeamSearch: the device side of the xGR engine, one method a phase.
 
-prefill writes the prompt's KV once into the shared cache and returns the last position's logits;
+prefill writes the prompt's KV once into the shared cache and returns the last position's state;
 ``first_step`` picks each request's W best valid level-0 codes; ``decode_step(t)`` runs the W beam
 tokens of every request through the decoder with staged attention and picks the W best valid
 (beam, code) pairs; ``finish`` orders the final SIDs best first. No host syncs, no data-dependent
@@ -41,7 +41,7 @@ def keep_widths(scores: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
 
 class BeamSearch(nn.Module):
     def __init__(self, decoder: GRDecoder, index: CatalogIndex, cache: BeamKVCache, beam_width: int,
-                 shared_prompt_kv: bool = True, masked_sorter: bool = True):
+                 shared_prompt_kv: bool = True, masked_sorter: bool = True, compile: bool = False):
         super().__init__()
         self.decoder, self.index, self.cache, self.W = decoder, index, cache, beam_width
         self.shared_prompt_kv = shared_prompt_kv
@@ -51,9 +51,13 @@ class BeamSearch(nn.Module):
         self.sid_offset, self.C, self.L = cfg.sid_offset, cfg.codes, cfg.levels
         # beam_len of decode step t lives on the device so that steps need no host copies
         self.register_buffer("beam_lens", torch.arange(cfg.levels + 1, device=cache.beam_k.device), persistent=False)
+        if compile:  # the head's product, then both normalisations fused: a few passes over [N, V], not seven
+            self._log_probs = torch.compile(self._log_probs, fullgraph=True, dynamic=False)
 
-    def _log_probs(self, logits: torch.Tensor, level: int, level_norm: torch.Tensor) -> torch.Tensor:
-        """logits: [N, V]; level_norm: [N] bool -> [N, C] float32 log-probabilities of the level's codes."""
+    def _log_probs(self, hidden: torch.Tensor, level: int, level_norm: torch.Tensor) -> torch.Tensor:
+        """hidden: [N, hidden] final-normed states; level_norm: [N] bool -> [N, C] float32 log-probabilities
+        of the level's codes, normalised over the vocabulary or, where level_norm, over the level's codes."""
+        logits = self.decoder.lm_head(hidden)  # [N, V]
         vocab = code_log_probs(logits, self.sid_offset, self.C, level, "vocab")
         return torch.where(level_norm[:, None], code_log_probs(logits, self.sid_offset, self.C, level, "level"), vocab)
 
@@ -67,19 +71,19 @@ class BeamSearch(nn.Module):
         return keep_widths(scores, batch.width), keys, code, parent
 
     def prefill(self, batch: BeamBatch) -> torch.Tensor:
-        """Prompt KV -> shared cache; returns the logits after each prompt's last token, [R, V]."""
+        """Prompt KV -> shared cache; returns the final-normed state after each prompt's last token, [R, hidden]."""
         R, P = batch.tokens.shape
         positions = torch.arange(P, device=batch.tokens.device).expand(R, P)
         hidden = self.decoder.hidden_states(batch.tokens, positions, PrefillAttend(self.cache))  # [R, P, hidden]
-        last = hidden[torch.arange(R, device=hidden.device), batch.prompt_len - 1]  # [R, hidden]
-        return self.decoder.lm_head(last)
+        return hidden[torch.arange(R, device=hidden.device), batch.prompt_len - 1]
 
-    def first_step(self, logits: torch.Tensor, batch: BeamBatch) -> BeamState:
-        """One live root beam, plus dead ones where W > C so that W candidates exist to choose from."""
-        R, roots = logits.shape[0], -(-self.W // self.C)
-        log_probs = self._log_probs(logits, 0, batch.level_norm)[:, None].expand(R, roots, self.C)
-        keys = torch.zeros(R, roots, dtype=torch.int64, device=logits.device)
-        scores = torch.full((R, roots), float("-inf"), device=logits.device)
+    def first_step(self, last: torch.Tensor, batch: BeamBatch) -> BeamState:
+        """last: [R, hidden] from prefill. One live root beam, plus dead ones where W > C so that W candidates
+        exist to choose from."""
+        R, roots = last.shape[0], -(-self.W // self.C)
+        log_probs = self._log_probs(last, 0, batch.level_norm)[:, None].expand(R, roots, self.C)
+        keys = torch.zeros(R, roots, dtype=torch.int64, device=last.device)
+        scores = torch.full((R, roots), float("-inf"), device=last.device)
         scores[:, 0] = 0.0
         return self._select(0, scores, keys, log_probs, batch)
 
@@ -87,17 +91,16 @@ class BeamSearch(nn.Module):
         """Feed the level t-1 codes, choose level t's: t in 1..L-1."""
         scores, keys, codes, parent = state
         R, P = batch.tokens.shape
-        if t >= 2:  # beams chosen by the last step continue their parents' decoded tokens
-            self.cache.reorder(parent)
+        if t >= 2:  # beams chosen by the last step continue their parents' decoded tokens (positions 0..t-2)
+            self.cache.reorder(parent, filled=t - 1)
         tokens = self.sid_offset + (t - 1) * self.C + codes  # [R, W]
         positions = batch.prompt_len[:, None] + (t - 1)  # [R, 1] -> the same for every beam
         attend = DecodeAttend(self.cache, t - 1, self.beam_lens[t], batch.prompt_len, R, self.W, P,
                               self.shared_prompt_kv)
         hidden = self.decoder.hidden_states(tokens.reshape(R * self.W, 1),
                                             positions.expand(R, self.W).reshape(R * self.W, 1), attend)
-        logits = self.decoder.lm_head(hidden[:, 0])  # [R*W, V]
         level_norm = batch.level_norm.repeat_interleave(self.W)
-        log_probs = self._log_probs(logits, t, level_norm).view(R, self.W, self.C)
+        log_probs = self._log_probs(hidden[:, 0], t, level_norm).view(R, self.W, self.C)
         return self._select(t, scores, keys, log_probs, batch)
 
     def finish(self, state: BeamState) -> tuple[torch.Tensor, torch.Tensor]:

@@ -81,15 +81,17 @@ class GREngine:
         decoder = self._compiled(model.decoder) if self.serve.compile else model.decoder
         self.search = BeamSearch(decoder, CatalogIndex(model.catalog, self.device), cache, self.beam_width,
                                  shared_prompt_kv=self.serve.shared_prompt_kv,
-                                 masked_sorter=self.serve.masked_sorter)
+                                 masked_sorter=self.serve.masked_sorter, compile=self.serve.compile)
         self._graphs: dict[tuple[int, int], _Graph] = {}
         self._graph_pool = torch.cuda.graph_pool_handle() if self.serve.cuda_graphs else None
         self._scheduler: BatchScheduler | None = None
 
     def _compiled(self, decoder: GRDecoder) -> GRDecoder:
         """The decoder with regionally compiled layers, over the same weights (the model's own decoder
-        stays eager). One compiled graph per (block, token shape): prefill [R, P] and decode [R*W, 1]."""
-        shapes = len(self.batch_buckets) * (len(self.prompt_buckets) + 1)
+        stays eager). One compiled graph per (block, token shape): prefill [R, P] and decode [R*W, 1]; the
+        head's log-probabilities one per (batch bucket, level)."""
+        cfg = self.model.config.model
+        shapes = len(self.batch_buckets) * max(len(self.prompt_buckets) + 1, cfg.levels)
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * shapes)
         decoder = decoder.sharing_weights()
         decoder.compile_layers(dynamic=False)

@@ -37,15 +37,16 @@ class BeamKVCache(nn.Module):
         self.beam_k[layer, :R, :, :, slot].copy_(k)
         self.beam_v[layer, :R, :, :, slot].copy_(v)
 
-    def reorder(self, parent: torch.Tensor) -> None:
-        """parent: [R', W] int64 non-decreasing per row: beam w now continues beam parent[r, w].
+    def reorder(self, parent: torch.Tensor, filled: int) -> None:
+        """parent: [R', W] int64 non-decreasing per row: beam w now continues beam parent[r, w]; only the
+        first ``filled`` beam positions hold tokens, so only they move.
 
-        Only the per-beam cache moves (W x L tokens a request); the prompt cache is untouched.
+        Only the per-beam cache moves (W x filled tokens a request); the prompt cache is untouched.
         """
         R, W = parent.shape
-        index = parent.view(1, R, W, 1, 1, 1).expand(self.beam_k.shape[0], R, W, *self.beam_k.shape[3:])
         for buf in (self.beam_k, self.beam_v):
-            buf[:, :R].copy_(buf[:, :R].gather(2, index))
+            held = buf[:, :R, :, :, :filled]  # [layers, R', W, Hkv, filled, D]
+            held.copy_(held.gather(2, parent.view(1, R, W, 1, 1, 1).expand(held.shape)))
 
     def prompt(self, layer: int, requests: int, prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Views [R', Hkv, P', D] of the shared prompt cache."""
