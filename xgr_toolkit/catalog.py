@@ -181,7 +181,8 @@ class ItemCatalog:
     def item_rows_of_sids(self, sids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[n] unique-SID indices -> (catalog rows of their items [M], which of the n each row holds [M]);
         SID by SID in the given order, item ids ascending within a SID."""
-        starts, counts = self._sid_offsets[sids], self.items_per_sid[sids]
+        starts = self._sid_offsets[sids]
+        counts = self._sid_offsets[sids + 1] - starts  # not items_per_sid[sids]: that diffs the whole catalog
         owner = torch.repeat_interleave(torch.arange(sids.numel()), counts)
         within = torch.arange(owner.numel()) - (counts.cumsum(0) - counts)[owner]
         return self._items_by_sid[starts[owner] + within], owner
