@@ -80,7 +80,6 @@ def plot_sweeps(results: dict, path: Path) -> bool:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     axes_names = list(dict.fromkeys(axis for sweeps in swept.values() for axis in sweeps))

@@ -7,11 +7,14 @@ whole search of a bucket (prefill, L steps, final ordering) is one graph replay.
 
 Overlap: :meth:`launch` prepares a batch on the host (pinned memory), queues its copy, search and
 copy-back on the GPU and returns at once; :meth:`LaunchedBatch.result` waits for it. The scheduler
-launches batch i+1 before it collects batch i, so host work hides behind GPU work.
+launches batch i+1 one launch's host time before batch i should end (each graph's replay time is
+measured at capture), so the GPU does not wait for the host, and collects batch i meanwhile.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -36,6 +39,7 @@ class _Graph:
     batch: BeamBatch  # static inputs
     scores: torch.Tensor  # static outputs [R, W]
     sid_index: torch.Tensor
+    seconds: float  # GPU time of one replay, measured at capture
 
 
 @dataclass
@@ -47,6 +51,7 @@ class LaunchedBatch:
     scores: torch.Tensor  # [R, W] host (pinned) once ``done`` has fired
     sid_index: torch.Tensor
     done: torch.cuda.Event | None
+    expected_done: float = math.inf  # time.perf_counter() when the GPU should finish it; inf: unknown
 
     def ready(self) -> bool:
         return self.done is None or self.done.query()
@@ -83,6 +88,8 @@ class GREngine:
                                  shared_prompt_kv=self.serve.shared_prompt_kv,
                                  masked_sorter=self.serve.masked_sorter, compile=self.serve.compile)
         self._graphs: dict[tuple[int, int], _Graph] = {}
+        self._busy_until = 0.0  # time.perf_counter() when the GPU should finish what was launched
+        self.launch_seconds = 0.0  # host time of one launch (moving average): how early to prepare the next
         self._graph_pool = torch.cuda.graph_pool_handle() if self.serve.cuda_graphs else None
         self._scheduler: BatchScheduler | None = None
 
@@ -134,13 +141,20 @@ class GREngine:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._graph_pool):
             scores, sid_index = self._search(batch)
-        self._graphs[R, P] = _Graph(graph, batch, scores, sid_index)
+        times = []
+        for _ in range(3):  # the replay's GPU time lets the scheduler launch the next batch just in time
+            start = time.perf_counter()
+            graph.replay()
+            torch.cuda.synchronize(self.device)
+            times.append(time.perf_counter() - start)
+        self._graphs[R, P] = _Graph(graph, batch, scores, sid_index, sorted(times)[1])
         return self._graphs[R, P]
 
     # ---- serving -------------------------------------------------------------------------------
     @torch.no_grad()
     def launch(self, requests: list[RecRequest]) -> LaunchedBatch:
         """Queue one batch (at most ``serve.max_batch`` requests) on the device; returns at once."""
+        start = time.perf_counter()
         if not 1 <= len(requests) <= self.batch_buckets[-1]:
             raise ValueError(f"a batch holds 1..{self.batch_buckets[-1]} requests; got {len(requests)}")
         for r in requests:
@@ -156,18 +170,21 @@ class GREngine:
         if self.serve.cuda_graphs and graph is None:
             raise RuntimeError(f"bucket (R={R}, P={P}) was not captured: call warmup() first")
         pinned = BeamBatch(*(t.pin_memory() for t in vars(host).values()))
+        expected_done = math.inf
         if graph is not None:
             for static, src in zip(vars(graph.batch).values(), vars(pinned).values()):
                 static.copy_(src, non_blocking=True)
             graph.graph.replay()
             scores, sid_index = graph.scores, graph.sid_index
+            self._busy_until = expected_done = max(time.perf_counter(), self._busy_until) + graph.seconds
         else:
             scores, sid_index = self._search(pinned.to(self.device, non_blocking=True))
         out = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
                for t in (scores, sid_index)]
         done = torch.cuda.Event()
         done.record()
-        return LaunchedBatch(self, requests, *out, done)
+        self.launch_seconds += 0.2 * (time.perf_counter() - start - self.launch_seconds)
+        return LaunchedBatch(self, requests, *out, done, expected_done)
 
     def recommend(self, requests: list[RecRequest]) -> list[list[ScoredItem]]:
         """Synchronous: every request answered, in order; batches overlap as :meth:`launch` allows."""

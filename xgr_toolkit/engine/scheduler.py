@@ -3,9 +3,11 @@
 Fixed-steps batching: the requests of one batch advance together through prefill and all L steps.
 Batches form adaptively: an idle GPU takes what is queued at once (waiting at most ``max_wait_ms``
 for company); while a batch runs, arriving requests gather (up to ``max_batch``) until it is nearly
-done, since they could not start earlier anyway. With ``overlap``, batch i+1 is launched before
-batch i is collected, so its host work (padding, exclusion masks, pinned copies) and batch i's
-post-processing (SIDs to items) run while the GPU computes.
+done - one launch's host time before its expected end - since they could not start earlier anyway.
+Launched then, the next batch's host work (padding, exclusion masks, pinned copies, the graph
+launch) overlaps the running batch's last milliseconds and the GPU does not wait for it. With
+``overlap``, batch i+1 is launched before batch i is collected, so batch i's post-processing
+(SIDs to items) runs while the GPU computes.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class BatchScheduler:
 
     def _gather(self, running: LaunchedBatch | None) -> list[tuple[RecRequest, Future]]:
         """The next batch: on an idle GPU, the first request and its company; on a busy one, what
-        arrives before the running batch finishes. Sets ``_closing`` when close() was called."""
+        arrives until the running batch is nearly done (see the module's docstring). Sets ``_closing``
+        when close() was called."""
         batch: list[tuple[RecRequest, Future]] = []
         deadline = None
         if running is None:
@@ -56,7 +59,8 @@ class BatchScheduler:
             batch.append(first)
             deadline = time.monotonic() + self.max_wait
         while len(batch) < self.max_batch:
-            busy = running is not None and not running.ready()
+            busy = running is not None and not running.ready() \
+                and time.perf_counter() < running.expected_done - self.engine.launch_seconds
             wait = self.POLL_S if busy else (deadline - time.monotonic() if deadline else 0.0)
             try:
                 item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
