@@ -13,6 +13,8 @@ measured at capture), so the GPU does not wait for the host, and collects batch 
 
 from __future__ import annotations
 
+import atexit
+import gc
 import math
 import time
 from concurrent.futures import Future
@@ -129,6 +131,12 @@ class GREngine:
                         self._search(batch)
         if self.cuda:
             torch.cuda.synchronize(self.device)
+        # Compilation leaves about half a million Python objects; a full collection walks them all
+        # (275 ms on the CI CPU; 0.5-0.6 s stalls were seen in the H100 benchmark's open-loop P99).
+        # Frozen, they are never walked again: serving pauses only for objects made after warm-up.
+        gc.collect()
+        gc.freeze()
+        atexit.register(gc.unfreeze)  # at exit they are ordinary again (extension modules check for leaks)
 
     @torch.no_grad()
     def _capture(self, R: int, P: int, batch: BeamBatch) -> _Graph:
