@@ -8,7 +8,7 @@ directory's files (``config.yaml``, ``model.safetensors``, ``catalog.safetensors
     handler:
       engine: reference        # a name in xgr_toolkit.engines.ENGINES
       max_beam_width: 128      # the widest beam a request may ask for; the default beam
-      compile_cache: ...       # optional: a TORCHINDUCTOR_CACHE_DIR shipped in the archive
+      compile_cache: ...       # optional: the `xgr export` artifact shipped in the archive (xgr_toolkit.compile_cache)
       dtype: ...               # optional: overrides config.yaml's serve.dtype
 
 Bad input never raises out of ``handle``: its request gets a 4xx with ``{"error", "field"}`` and the rest
@@ -26,6 +26,7 @@ import torch
 from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 
+from xgr_toolkit.compile_cache import use_compile_cache
 from xgr_toolkit.serving.service import RecService
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,13 @@ class XGRHandler:
         if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # share the cores among the workers
             workers = int((context.model_yaml_config or {}).get("maxWorkers", 1))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, workers)))
-        cache = Path(props["model_dir"]) / str(options.get("compile_cache", ""))
-        if options.get("compile_cache") and cache.is_dir():  # shipped by `xgr package --compile-cache`
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+        if options.get("compile_cache"):  # shipped by `xgr package --compile-cache`; used before anything compiles
+            try:
+                used = use_compile_cache(Path(props["model_dir"]) / str(options["compile_cache"]), device)
+                log.info("xgr model %s: compile cache %s", context.model_name, used)
+            except Exception as err:  # a cache only saves time: without it the warm-up compiles
+                log.warning("xgr model %s: compile cache not used, the warm-up compiles: %s: %s", context.model_name,
+                            type(err).__name__, err)
         try:  # the archive's files are checked before use: an error names the file and the problem
             self.service = RecService.from_model_dir(props["model_dir"], name=context.model_name,
                                                      engine=str(options.get("engine", "reference")),

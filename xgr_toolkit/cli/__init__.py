@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, eval, import_hf, load, package, recommend, sid, train
+from . import bench, eval, export, import_hf, load, package, recommend, sid, train
 
 __all__ = ["main"]
 
-COMMANDS = {"bench": bench, "import-hf": import_hf, "load": load, "package": package, "recommend": recommend,
-            "sid": sid, "train": train, "eval": eval}
+COMMANDS = {"bench": bench, "export": export, "import-hf": import_hf, "load": load, "package": package,
+            "recommend": recommend, "sid": sid, "train": train, "eval": eval}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--startup-timeout", type=int, default=d.startup_timeout_s, help="seconds")
     p.add_argument("--device-type", choices=("cpu", "gpu"), default=None,
                    help="pin the device type (default: TorchServe's choice, a GPU where there is one)")
-    p.add_argument("--compile-cache", default=None, help="a TORCHINDUCTOR_CACHE_DIR to ship in the archive")
+    p.add_argument("--compile-cache", default=None, metavar="ARTIFACT",
+                   help="the directory `xgr export` wrote (same --engine and --beam-width), shipped so that workers "
+                        "start without compiling; a plain TORCHINDUCTOR_CACHE_DIR is taken too")
     p.add_argument("--handler", default=None, help="handler file (default: handlers/xgr_handler.py)")
 
 

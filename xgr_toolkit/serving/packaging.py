@@ -2,13 +2,15 @@
 
 The archive holds the handler (``handlers/xgr_handler.py``), the model directory's files
 (``config.yaml``, ``model.safetensors``, ``catalog.safetensors``, and ``item_names.json`` where there
-is one), an optional compile cache, and a ``model-config.yaml``: TorchServe's batching, worker and
-timeout settings plus a ``handler`` section the handler reads (engine name, widest beam).
+is one), an optional compile cache (the artifact ``xgr export`` writes, :mod:`xgr_toolkit.compile_cache`),
+and a ``model-config.yaml``: TorchServe's batching, worker and timeout settings plus a ``handler`` section
+the handler reads (engine name, widest beam, where the compile cache is).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
 import tempfile
@@ -17,7 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from ..config import ServeConfig, load_config
+from ..compile_cache import compiled_shapes, read_manifest
+from ..config import ServeConfig, XGRConfig, load_config
 from ..engines import ENGINES
 from ..model_dir import CATALOG_FILE, CONFIG_FILE, WEIGHTS_FILE
 from .item_names import ITEM_NAMES_FILE
@@ -96,6 +99,29 @@ def model_config(options: PackageOptions, compile_cache: bool = False) -> dict:
     return config
 
 
+def _check_compile_cache(path: Path, manifest: dict, options: PackageOptions, config: XGRConfig) -> None:
+    """An artifact from ``xgr export`` must have been compiled for what this archive's workers will compile, or
+    they would compile anyway: the fast engine, the same beam width, model shape, buckets, dtype and device type."""
+    where = f"--compile-cache {path}"
+    if options.engine != "fast":
+        raise ValueError(f"{where}: the archive's engine is {options.engine!r}, which compiles nothing; "
+                         "package with --engine fast")
+    if manifest.get("max_beam_width") != options.max_beam_width:
+        raise ValueError(f"{where}: exported for --beam-width {manifest.get('max_beam_width')}, the archive has "
+                         f"--beam-width {options.max_beam_width}; its workers would compile anyway: export again "
+                         f"with --beam-width {options.max_beam_width}")
+    wanted = json.loads(json.dumps(compiled_shapes(config, options.max_beam_width)))
+    shapes = manifest.get("shapes") or {}
+    differ = sorted(k for k in wanted if shapes.get(k) != wanted[k])
+    if differ:
+        raise ValueError(f"{where}: exported for another model or serve config ({', '.join(differ)} differ from "
+                         f"{CONFIG_FILE}); export it again from this model directory")
+    exported = "gpu" if str(manifest.get("device", "cpu")).startswith("cuda") else "cpu"
+    if options.device_type and options.device_type != exported:
+        raise ValueError(f"{where}: exported for the {exported}, the archive has --device-type "
+                         f"{options.device_type}; export again with --device {'cuda' if exported == 'cpu' else 'cpu'}")
+
+
 def package_model(model_dir: str | Path, name: str, out: str | Path = "model_store",
                   options: PackageOptions | None = None, *, compile_cache: str | Path | None = None,
                   handler: str | Path | None = None) -> Path:
@@ -105,7 +131,8 @@ def package_model(model_dir: str | Path, name: str, out: str | Path = "model_sto
         model_dir: a model directory (``config.yaml``, ``model.safetensors``, ``catalog.safetensors``,
             optional ``item_names.json``); its config is validated before anything is written.
         name: the model's name in TorchServe (letters, digits, ``_ . -``).
-        compile_cache: a ``TORCHINDUCTOR_CACHE_DIR`` to ship, so that workers start warm.
+        compile_cache: the directory ``xgr export`` wrote (checked against this archive's engine, beam width
+            and config), or a plain ``TORCHINDUCTOR_CACHE_DIR``; shipped so that workers start warm.
         handler: the handler file; default ``handlers/xgr_handler.py`` of the source tree.
     """
     from model_archiver.model_archiver_config import ModelArchiverConfig
@@ -120,7 +147,13 @@ def package_model(model_dir: str | Path, name: str, out: str | Path = "model_sto
         if not (model_dir / file).is_file():
             raise FileNotFoundError(f"{model_dir / file}: missing; a model directory holds {CONFIG_FILE}, "
                                     f"{WEIGHTS_FILE} and {CATALOG_FILE}")
-    options = _with_defaults(options, load_config(model_dir / CONFIG_FILE).serve)  # a bad config fails here
+    config = load_config(model_dir / CONFIG_FILE)  # a bad config fails here
+    options = _with_defaults(options, config.serve)
+    if compile_cache is not None:
+        compile_cache = Path(compile_cache)
+        manifest = read_manifest(compile_cache, "--compile-cache")  # None: a plain inductor cache directory
+        if manifest is not None:
+            _check_compile_cache(compile_cache, manifest, options, config)
     handler = Path(handler) if handler else HANDLER_FILE
     if not handler.is_file():
         raise FileNotFoundError(f"{handler}: handler not found; pass --handler PATH/xgr_handler.py")
@@ -131,10 +164,9 @@ def package_model(model_dir: str | Path, name: str, out: str | Path = "model_sto
     with tempfile.TemporaryDirectory(prefix="xgr-package-") as tmp:
         staged = Path(tmp)
         if compile_cache is not None:
-            if not Path(compile_cache).is_dir():
-                raise FileNotFoundError(f"{compile_cache}: compile cache directory not found")
-            shutil.copytree(compile_cache, staged / COMPILE_CACHE_DIR)
-            extra.append(staged / COMPILE_CACHE_DIR)
+            # The archiver copies a directory's contents to the archive's root: hand it one holding compile_cache/.
+            shutil.copytree(compile_cache, staged / "cache" / COMPILE_CACHE_DIR, ignore=shutil.ignore_patterns("locks"))
+            extra.append(staged / "cache")
         yaml_path = staged / MODEL_CONFIG_FILE
         yaml_path.write_text(yaml.safe_dump(model_config(options, compile_cache is not None), sort_keys=False))
         generate_model_archive(ModelArchiverConfig(
