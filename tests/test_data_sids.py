@@ -14,9 +14,11 @@ from xgr_toolkit.data import (
     deduplicate,
     kmeans,
     leave_one_out,
+    load_item_embeddings,
     load_item_text,
     load_sid_json,
     rq_kmeans,
+    save_item_embeddings,
     sid_report,
     text_embeddings,
 )
@@ -122,9 +124,9 @@ def test_load_item_text(tmp_path):
         load_item_text(tmp_path / "item_text.txt", tmp_path / "bad.json")
 
 
-def test_xgr_sid_build_with_text_embeddings(tmp_path, capsys):
+def _tiny_encoder(tmp_path, words: list[str]):
+    """A 1-layer BERT with a vocabulary of ``words``, saved as a local Hugging Face folder."""
     transformers = pytest.importorskip("transformers")
-    words = ["red", "blue", "lipstick", "scrubber", "foot", "matte", "cream", "soap"]
     model_dir = tmp_path / "encoder"
     model_dir.mkdir()
     (model_dir / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
@@ -133,17 +135,118 @@ def test_xgr_sid_build_with_text_embeddings(tmp_path, capsys):
     config = transformers.BertConfig(vocab_size=len(words) + 5, hidden_size=16, num_hidden_layers=1,
                                      num_attention_heads=2, intermediate_size=32)
     transformers.BertModel(config).save_pretrained(str(model_dir))
+    return model_dir
+
+
+def _text_data(tmp_path, words: list[str]):
+    data = tmp_path / "sequences.txt"
+    data.write_text("".join(f"{u} {' '.join(str((u * 3 + k) % 12 + 1) for k in range(6))}\n" for u in range(1, 40)))
+    (tmp_path / "item_text.txt").write_text("".join(f"A{i} {words[i % 8]} {words[(i * 3) % 8]}\n" for i in range(12)))
+    (tmp_path / "datamaps.json").write_text(json.dumps({"id2item": {str(i + 1): f"A{i}" for i in range(12)}}))
+    return data
+
+
+WORDS = ["red", "blue", "lipstick", "scrubber", "foot", "matte", "cream", "soap"]
+
+
+def test_xgr_sid_build_with_text_embeddings(tmp_path, capsys):
+    model_dir = _tiny_encoder(tmp_path, WORDS)
     texts = ["red lipstick", "blue lipstick", "foot scrubber", "red lipstick"]
     emb = text_embeddings(texts, model_dir, progress=False)
     assert emb.shape == (4, 16) and torch.allclose(emb.norm(dim=1), torch.ones(4))
     assert torch.allclose(emb[0], emb[3], atol=1e-6) and not torch.allclose(emb[0], emb[2])
 
-    data = tmp_path / "sequences.txt"
-    data.write_text("".join(f"{u} {' '.join(str((u * 3 + k) % 12 + 1) for k in range(6))}\n" for u in range(1, 40)))
-    (tmp_path / "item_text.txt").write_text("".join(f"A{i} {words[i % 8]} {words[(i * 3) % 8]}\n" for i in range(12)))
-    (tmp_path / "datamaps.json").write_text(json.dumps({"id2item": {str(i + 1): f"A{i}" for i in range(12)}}))
+    data = _text_data(tmp_path, WORDS)
     out = tmp_path / "sids.json"
     assert main(["sid", "build", "--data", str(data), "--out", str(out), "--embeddings", "both", "--text-model",
                  str(model_dir), "--levels", "2", "--codes", "4", "--dim", "4"]) == 0
     assert "item text: 12 of 12 items have text" in capsys.readouterr().out
     assert load_sid_json(out).num_sids == 12
+
+
+def test_embed_text_file_gives_the_same_sids_as_the_encoder(tmp_path, capsys):
+    """embed-text on one machine + build --embeddings-file on another == build with the encoder in place."""
+    model_dir = _tiny_encoder(tmp_path, WORDS)
+    data = _text_data(tmp_path, WORDS)
+    emb_file = tmp_path / "emb" / "item_text.safetensors"
+    assert main(["sid", "embed-text", "--data", str(data), "--out", str(emb_file), "--text-model", str(model_dir)]) == 0
+    assert "12 items x 16 dims, float32" in capsys.readouterr().out
+    texts = load_item_text(tmp_path / "item_text.txt", tmp_path / "datamaps.json")
+    expected = text_embeddings([texts[i] for i in range(1, 13)], model_dir, progress=False)
+    assert torch.equal(load_item_embeddings(emb_file, list(range(12, 0, -1))), expected)  # rows: ascending ids
+    common = ["--data", str(data), "--levels", "2", "--codes", "4", "--dim", "4"]
+    for mode in ("text", "both"):
+        encoder, from_file = tmp_path / f"{mode}.encoder.json", tmp_path / f"{mode}.file.json"
+        assert main(["sid", "build", *common, "--out", str(encoder), "--embeddings", mode,
+                     "--text-model", str(model_dir)]) == 0
+        assert main(["sid", "build", *common, "--out", str(from_file), "--embeddings", mode,
+                     "--embeddings-file", str(emb_file)]) == 0
+        assert json.loads(from_file.read_text()) == json.loads(encoder.read_text())
+        assert f"embeddings file {emb_file}: 16 dims for all 12 items" in capsys.readouterr().out
+    half = tmp_path / "half.safetensors"
+    assert main(["sid", "embed-text", "--data", str(data), "--out", str(half), "--text-model", str(model_dir),
+                 "--dtype", "float16"]) == 0
+    assert half.stat().st_size < emb_file.stat().st_size
+    assert torch.allclose(load_item_embeddings(half, range(1, 13)), expected, atol=1e-3)
+
+
+def test_xgr_sid_build_from_an_embeddings_file(tmp_path, capsys):
+    """A user's own embeddings (no text encoder needed): planted clusters become level-0 codes."""
+    data = tmp_path / "sequences.txt"
+    data.write_text("".join(f"{u} {' '.join(str((u * 3 + k) % 30 + 1) for k in range(8))}\n" for u in range(1, 80)))
+    x, labels = _blobs(k=4, per=10, dim=6)  # 40 rows: the data has items 1..30, the 10 others are ignored
+    ids = torch.arange(40).view(10, 4).T.flatten() + 1  # rows in no id order: blob c holds the items = c+1 mod 4
+    emb_file = save_item_embeddings(tmp_path / "mine.safetensors", ids, x)
+    out = tmp_path / "sids.json"
+    assert main(["sid", "build", "--data", str(data), "--out", str(out), "--embeddings", "text",
+                 "--embeddings-file", str(emb_file), "--levels", "1", "--codes", "4", "--no-dedup"]) == 0
+    level0 = load_sid_json(out, 4).codes[:, 0]  # rows for items 1..30
+    planted = labels[ids.argsort()][:30]  # the blob of items 1..30
+    pairs = set(zip(planted.tolist(), level0.tolist(), strict=True))
+    assert len(pairs) == 4 and len({code for _, code in pairs}) == 4  # one code a blob
+    both = tmp_path / "both.json"
+    assert main(["sid", "build", "--data", str(data), "--out", str(both), "--embeddings", "both",
+                 "--embeddings-file", str(emb_file), "--levels", "2", "--codes", "8", "--dim", "4"]) == 0
+    assert load_sid_json(both, 8).num_sids == 30
+
+
+def test_embeddings_file_errors_name_the_file_and_the_tensor(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "bad.safetensors"
+    save_file({"item_ids": torch.arange(1, 5), "embeddings": torch.zeros(5, 3)}, str(bad))
+    with pytest.raises(DataError, match=r"bad\.safetensors: tensor 'embeddings' is float32 \[5, 3\]; "
+                                        r"expected float32 \[N, D\] = \[4, D\]"):
+        load_item_embeddings(bad, [1, 2, 3, 4])
+    save_file({"item_ids": torch.arange(1, 5).float(), "embeddings": torch.zeros(4, 3)}, str(bad))
+    with pytest.raises(DataError, match=r"tensor 'item_ids' is float32 \[4\]; expected int64 \[N\]"):
+        load_item_embeddings(bad, [1, 2])
+    save_file({"ids": torch.arange(1, 5), "embeddings": torch.zeros(4, 3)}, str(bad))
+    with pytest.raises(DataError, match=r"no tensor 'item_ids' \(found \['embeddings', 'ids'\]\)"):
+        load_item_embeddings(bad, [1, 2])
+    save_file({"item_ids": torch.tensor([1, 2, 2]), "embeddings": torch.zeros(3, 3)}, str(bad))
+    with pytest.raises(DataError, match=r"repeats item ids \[2\]"):
+        load_item_embeddings(bad, [1, 2])
+    save_file({"item_ids": torch.tensor([1, 2]), "embeddings": torch.tensor([[0.0], [float("nan")]])}, str(bad))
+    with pytest.raises(DataError, match=r"non-finite values for item ids \[2\]"):
+        load_item_embeddings(bad, [1, 2])
+    save_file({"item_ids": torch.tensor([3, 1]), "embeddings": torch.ones(2, 3)}, str(bad))
+    with pytest.raises(DataError, match=r"no row for 1 of the data's 3 items \(item ids \[2\]\)"):
+        load_item_embeddings(bad, [1, 2, 3])
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(DataError, match="junk.safetensors: not a readable safetensors file"):
+        load_item_embeddings(tmp_path / "junk.safetensors", [1])
+    with pytest.raises(FileNotFoundError, match="absent.safetensors: no such embeddings file"):
+        load_item_embeddings(tmp_path / "absent.safetensors", [1])
+
+    # through the command: exit code 2 and one line naming the file and the tensor, no traceback
+    data = tmp_path / "sequences.txt"
+    data.write_text("1 1 2 3 4\n2 2 3 4 1\n")
+    save_file({"item_ids": torch.arange(1, 5), "embeddings": torch.zeros(4)}, str(bad))
+    assert main(["sid", "build", "--data", str(data), "--embeddings", "text", "--embeddings-file", str(bad),
+                 "--out", str(tmp_path / "x.json"), "--levels", "1", "--codes", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"xgr sid: error: {bad}: tensor 'embeddings' is float32 [4]; expected float32 [N, D] = [4, D]" in err
+    assert main(["sid", "build", "--data", str(data), "--embeddings-file", str(bad),
+                 "--out", str(tmp_path / "x.json")]) == 2
+    assert "add --embeddings text" in capsys.readouterr().err

