@@ -155,6 +155,20 @@ def test_keep_best_restores_the_epoch_with_the_lowest_validation_loss():
         assert float(decoder.loss(tokens, labels)) == pytest.approx(result.valid_losses[best], rel=1e-4)
 
 
+def test_patience_stops_after_epochs_without_a_lower_validation_loss(monkeypatch):
+    split = leave_one_out(_cycle_sequences())
+    catalog = _catalog()
+    samples = SampleTable.from_samples(split.training_samples(6))
+    valid = SampleTable.from_samples([(c.history, c.target) for c in split.cases("valid", 6)])
+    scripted = iter([3.0, 2.0, 2.5, 2.0, 2.9, 1.0])  # lowest at epoch 2, not beaten by epochs 3 and 4
+    monkeypatch.setattr("xgr_toolkit.training.trainer._mean_loss", lambda *a: next(scripted))
+    cfg = TrainConfig(epochs=6, batch_size=32, lr=5e-3, warmup_steps=5, patience=2, progress=False)
+    result = train_decoder(GRDecoder(_cfg(catalog)), catalog, samples, cfg, valid)
+    assert result.valid_losses == [3.0, 2.0, 2.5, 2.0] and result.best_epoch == 2
+    with pytest.raises(ValueError, match="patience"):
+        TrainConfig(patience=-1)
+
+
 def test_train_config_rejects_bf16_on_cpu():
     with pytest.raises(ValueError, match="bf16"):
         TrainConfig(bf16=True, device="cpu")

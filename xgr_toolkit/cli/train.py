@@ -33,6 +33,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     opt.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA)")
+    opt.add_argument("--patience", type=int, default=d.patience,
+                     help="stop after this many epochs without a lower validation loss (0: run every epoch)")
     opt.add_argument("--keep-last", action="store_true",
                      help="end with the last weights, not those of the lowest validation loss")
 
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                             weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, seed=args.seed,
                             device=args.device, bf16=args.bf16, max_steps=args.max_steps,
-                            keep_best=not args.keep_last)
+                            keep_best=not args.keep_last, patience=args.patience)
     print(f"data: {len(split)} users; SIDs: {len(catalog)} items, {catalog.levels} levels x {catalog.num_codes} codes; "
           f"model: {args.layers} layers, hidden {args.hidden}, vocabulary {model_cfg.vocab_size}")
     path, result = train_model_dir(args.out, split, catalog, model_cfg, train_cfg, args.max_history,

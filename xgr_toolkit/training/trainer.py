@@ -36,11 +36,14 @@ class TrainConfig:
     bf16: bool = False  # autocast to bfloat16 (CUDA only)
     max_steps: int = 0  # > 0: stop after this many steps whatever ``epochs`` says
     keep_best: bool = True  # with validation samples: end with the weights of the best validation loss
+    patience: int = 0  # > 0, with validation samples: stop after this many epochs without a lower validation loss
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0 or self.warmup_steps < 0:
             raise ValueError(f"epochs, batch_size and lr must be > 0 and warmup_steps >= 0; got {self}")
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 0 epochs (0: no early stop); got {self.patience}")
         if self.bf16 and not self.device.startswith("cuda"):
             raise ValueError("bf16 autocast is for CUDA devices; use --device cuda or drop --bf16")
 
@@ -153,7 +156,7 @@ def train_decoder(decoder: GRDecoder, catalog: ItemCatalog, samples: SampleTable
     losses: list[float] = []
     epoch_losses: list[float] = []
     valid_losses: list[float] = []
-    best, best_epoch = float("inf"), 0
+    best, lowest_epoch, best_epoch = float("inf"), 0, 0  # lowest validation loss, its epoch, the epoch kept
     best_state: dict[str, torch.Tensor] = {}
     start = time.perf_counter()
     step = 0
@@ -188,9 +191,16 @@ def train_decoder(decoder: GRDecoder, catalog: ItemCatalog, samples: SampleTable
             if cfg.progress:
                 bar.write(f"epoch {len(epoch_losses)}: train loss {epoch_losses[-1]:.4f}, "
                           f"valid loss {valid_losses[-1]:.4f}")
-            if cfg.keep_best and valid_losses[-1] < best:
-                best, best_epoch = valid_losses[-1], len(valid_losses)
-                best_state = {k: v.detach().clone() for k, v in decoder.state_dict().items()}
+            if valid_losses[-1] < best:
+                best, lowest_epoch = valid_losses[-1], len(valid_losses)
+                if cfg.keep_best:
+                    best_epoch = lowest_epoch
+                    best_state = {k: v.detach().clone() for k, v in decoder.state_dict().items()}
+            if cfg.patience and len(valid_losses) - lowest_epoch >= cfg.patience:
+                if cfg.progress:
+                    bar.write(f"early stop: no lower validation loss in {cfg.patience} epochs (lowest: epoch "
+                              f"{lowest_epoch})")
+                break
     bar.close()
     if best_state:
         decoder.load_state_dict(best_state)
