@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call, several stages: `bash tools/gpu_run.sh STAGE...` on the GPU machine, logs under $OUT.
 # Stages: tests (GPU-marked tests), core (ops microbenchmark), bench:WORKLOAD[,WORKLOAD] (xgr bench),
-# beauty (Amazon Beauty SIDs, training and evaluation; the data carried in .data/, never committed).
+# cold:WORKLOAD[,WORKLOAD] (tools/cold_start.py), beauty (Amazon Beauty SIDs, training and evaluation;
+# the data carried in .data/, never committed).
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -19,7 +20,11 @@ for stage in "$@"; do
           cp docs/benchmarks/core_microbench.* "$OUT"/ 2>/dev/null ;;
     bench:*) python3 -m xgr_toolkit bench $(echo ${stage#bench:} | tr , " ") ${BENCH_ARGS:-} --append \
                2>&1 | tee "$OUT/bench.log" | tail -40
-             cp docs/benchmarks/bench.json docs/benchmarks/bench.png docs/benchmarks.md "$OUT"/ 2>/dev/null ;;
+             cp docs/benchmarks/bench.json docs/benchmarks/bench.png docs/benchmarks/sweeps.png docs/benchmarks.md \
+               "$OUT"/ 2>/dev/null ;;
+    cold:*) python3 tools/cold_start.py --device cuda --workloads $(echo ${stage#cold:} | tr , " ") --append \
+              2>&1 | tee "$OUT/cold_start.log" | tail -20
+            cp docs/benchmarks/cold_start.json docs/benchmarks/cold_start.png "$OUT"/ 2>/dev/null ;;
     beauty) python3 tools/beauty_experiment.py --device cuda --data .data/amazon-beauty --work /tmp/beauty \
               --out "$OUT" ${BEAUTY_ARGS:-} 2>&1 | tee "$OUT/beauty.log" | grep -v "it/s\]" | tail -40 ;;
     *) echo "unknown stage $stage" ;;
