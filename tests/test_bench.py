@@ -6,6 +6,11 @@ from xgr_toolkit import ModelConfig
 from xgr_toolkit.bench.flops import request_flops, weight_bytes
 from xgr_toolkit.bench.load import percentiles
 from xgr_toolkit.bench.report import markdown_table, plot_sweeps, write_markdown
+from xgr_toolkit.bench.workloads import WORKLOADS, warm_engine, workload_model, workload_requests
+from xgr_toolkit.engines import ReferenceEngine
+from xgr_toolkit.synthetic import random_catalog, random_decoder
+
+from engine_cases import assert_same_items
 
 
 def test_request_flops_count_by_hand():
@@ -54,3 +59,16 @@ def test_markdown_table_is_generated_from_the_json(tmp_path):
     (tmp_path / "bench.json").write_text(json.dumps(results))
     write_markdown(tmp_path / "bench.json", tmp_path / "benchmarks.md")
     assert table in (tmp_path / "benchmarks.md").read_text()
+
+
+def test_the_benchmark_workload_set_up_answers_as_the_reference_on_the_cpu():
+    w = WORKLOADS["tiny"]
+    cfg = w.model_config()
+    catalog = random_catalog(w.catalog_items, cfg.levels, cfg.codes, seed=0)
+    model = workload_model(w, random_decoder(cfg, seed=0), catalog, cfg, device="cpu", dtype="float32",
+                           compile=False, cuda_graphs=False)
+    requests = workload_requests(w, catalog, cfg, count=2)
+    assert [len(r.prompt) for r in requests] == [w.prompt_tokens] * 2 and model.config.serve.max_batch == w.max_batch
+    engine, seconds = warm_engine(model, model.config.serve)
+    assert seconds >= 0
+    assert_same_items(ReferenceEngine(model).recommend(requests), engine.recommend(requests))

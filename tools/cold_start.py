@@ -50,12 +50,9 @@ def child(spec: dict) -> None:
     stamps = {"start": _T0}
     import torch
 
-    from xgr_toolkit.bench.workloads import WORKLOADS
+    from xgr_toolkit.bench.workloads import WORKLOADS, workload_model, workload_requests
     from xgr_toolkit.compile_cache import compiled_shapes, point_caches_at, save_compile_cache, use_compile_cache
-    from xgr_toolkit.config import BeamConfig, ServeConfig, XGRConfig
     from xgr_toolkit.engine import GREngine
-    from xgr_toolkit.model_dir import GRModel
-    from xgr_toolkit.request import RecRequest, sid_tokens
     from xgr_toolkit.synthetic import random_catalog, random_decoder
     stamps["imports"] = time.time()
     if spec.get("prime"):  # load the libraries once; say what this machine is
@@ -88,13 +85,9 @@ def child(spec: dict) -> None:
     dtype = torch.bfloat16 if cuda else torch.float32
     decoder = random_decoder(cfg, seed=0, device=str(device)).to(dtype)
     catalog = random_catalog(w.catalog_items, cfg.levels, cfg.codes, seed=0)
-    serve = ServeConfig(device=str(device), dtype="bfloat16" if cuda else "float32", max_batch=w.max_batch,
-                        prompt_buckets=[w.prompt_tokens], max_wait_ms=2.0, compile=mode != "eager", cuda_graphs=cuda)
-    model = GRModel(XGRConfig(model=cfg, beam=BeamConfig(beam_width=w.beam_width, top_k=w.top_k), serve=serve),
-                    decoder, catalog)
-    generator = torch.Generator().manual_seed(0)
-    items = catalog.codes[torch.randint(0, len(catalog), (w.prompt_tokens,), generator=generator)]
-    request = RecRequest(tuple(sid_tokens(cfg, items).flatten()[:w.prompt_tokens].tolist()), w.beam_width, w.top_k)
+    model = workload_model(w, decoder, catalog, cfg, device=str(device), dtype="bfloat16" if cuda else "float32",
+                           compile=mode != "eager", cuda_graphs=cuda)
+    [request] = workload_requests(w, catalog, cfg, count=1)
     if cuda:
         torch.cuda.synchronize(device)
     stamps["model"] = time.time()

@@ -10,7 +10,7 @@ import torch
 from ..engine import GREngine
 from ..engine.batch import make_batch
 
-__all__ = ["kernel_profile", "phase_ms"]
+__all__ = ["kernel_profile", "phase_ms", "replay_ms"]
 
 KERNEL_KINDS = {  # substring of a kernel's name -> what it does (first match wins)
     "gemm": "matrix product", "nvjet": "matrix product", "cutlass": "matrix product", "xmma": "matrix product",
@@ -19,8 +19,8 @@ KERNEL_KINDS = {  # substring of a kernel's name -> what it does (first match wi
 }
 
 
-def _timed(graphs: list[torch.cuda.CUDAGraph], reps: int = 10) -> list[float]:
-    """Median milliseconds of each graph, replayed in order ``reps`` times."""
+def replay_ms(graphs: list[torch.cuda.CUDAGraph], reps: int = 10) -> list[float]:
+    """Median GPU milliseconds of each graph (CUDA events), the graphs replayed in order ``reps`` times."""
     times: list[list[float]] = [[] for _ in graphs]
     for _ in range(reps):
         for graph, out in zip(graphs, times):
@@ -51,7 +51,7 @@ def phase_ms(engine: GREngine, requests: list, batch_size: int) -> dict[str, flo
         with torch.cuda.graph(graph, pool=pool):
             state = phase(state)
         graphs.append(graph)
-    times = dict(zip((name for name, _ in phases), _timed(graphs)))
+    times = dict(zip((name for name, _ in phases), replay_ms(graphs)))
     times["decode"] = sum(v for k, v in times.items() if k.startswith("decode level"))
     return times
 

@@ -10,16 +10,15 @@ import time
 import torch
 from tqdm import tqdm
 
-from ..config import BeamConfig, ServeConfig, XGRConfig
 from ..engine import GREngine
 from ..model_dir import GRModel
 from ..synthetic import random_catalog, random_decoder
 from .flops import request_flops, weight_bytes
 from .hf_baseline import HFConstrainedGenerate
 from .load import closed_loop, open_loop, percentiles
-from .phases import kernel_profile, phase_ms
+from .phases import kernel_profile, phase_ms, replay_ms
 from .sweeps import scaling_sweeps
-from .workloads import Workload, warm_engine, workload_requests
+from .workloads import Workload, warm_engine, workload_model, workload_requests
 
 __all__ = ["ABLATIONS", "bench_workload", "device_peaks"]
 
@@ -81,17 +80,8 @@ def _gpu_ms(engine: GREngine, requests) -> dict:
         launched = [engine.launch(requests[:R]) for _ in range(3)]
         launched[-1].result()
         graph = engine._graphs.get(engine.bucket(R, len(requests[0].prompt)))
-        if graph is None:
-            continue
-        times = []
-        for _ in range(10):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        out[f"R{R}"] = sorted(times)[len(times) // 2]
+        if graph is not None:
+            out[f"R{R}"] = replay_ms([graph.graph])[0]
     return out
 
 
@@ -153,10 +143,8 @@ def bench_workload(w: Workload, seconds: float = 3.0, ablations: bool = True, hf
     decoder = random_decoder(cfg, seed=0, device="cuda").to(torch.bfloat16)
     catalog = random_catalog(w.catalog_items, cfg.levels, cfg.codes, seed=0)
     requests = workload_requests(w, catalog, cfg)
-    serve = ServeConfig(device="cuda", dtype="bfloat16", max_batch=w.max_batch, prompt_buckets=[w.prompt_tokens],
-                        max_wait_ms=2.0, compile=True, cuda_graphs=True)
-    model = GRModel(XGRConfig(model=cfg, beam=BeamConfig(beam_width=w.beam_width, top_k=w.top_k), serve=serve),
-                    decoder, catalog)
+    model = workload_model(w, decoder, catalog, cfg)
+    serve = model.config.serve
     result: dict = {"workload": dataclasses.asdict(w), "peaks": device_peaks()}
     steps.update()
     engine, result["warmup_s"] = warm_engine(model, serve)

@@ -7,11 +7,9 @@ import dataclasses
 import torch
 from tqdm import tqdm
 
-from ..config import BeamConfig, ServeConfig, XGRConfig
-from ..model_dir import GRModel
 from ..synthetic import random_catalog
 from .phases import phase_ms
-from .workloads import Workload, warm_engine, workload_requests
+from .workloads import Workload, warm_engine, workload_model, workload_requests
 
 __all__ = ["SWEEPS", "scaling_sweeps"]
 
@@ -26,11 +24,8 @@ SWEEPS = {
 def _point(w: Workload, decoder, catalog) -> dict:
     """One request alone (batch 1): GPU milliseconds of each phase of a warmed-up, graph-captured engine."""
     cfg = dataclasses.replace(w.model_config(), max_prompt_tokens=w.prompt_tokens)
-    serve = ServeConfig(device="cuda", dtype="bfloat16", max_batch=1, prompt_buckets=[w.prompt_tokens],
-                        compile=True, cuda_graphs=True)
-    model = GRModel(XGRConfig(model=cfg, beam=BeamConfig(beam_width=w.beam_width, top_k=w.top_k), serve=serve),
-                    decoder, catalog)
-    engine, warmup_s = warm_engine(model, serve)
+    model = workload_model(w, decoder, catalog, cfg, max_batch=1)
+    engine, warmup_s = warm_engine(model, model.config.serve)
     requests = workload_requests(w, catalog, cfg, count=1)
     phases = phase_ms(engine, requests, 1)
     total = phases["prefill + level 0"] + phases["decode"] + phases["final ordering"]

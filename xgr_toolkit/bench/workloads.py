@@ -1,4 +1,4 @@
-"""The benchmark workloads of ../shared/BENCHMARKS.md, their requests, and a warmed-up engine for them."""
+"""The benchmark workloads of ../shared/BENCHMARKS.md: their models, requests, and a warmed-up engine."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from dataclasses import dataclass
 import torch
 
 from ..catalog import ItemCatalog
-from ..config import ModelConfig, ServeConfig, preset
+from ..config import BeamConfig, ModelConfig, ServeConfig, XGRConfig, preset
 from ..engine import GREngine
 from ..model_dir import GRModel
 from ..request import RecRequest, sid_tokens
 
-__all__ = ["WORKLOADS", "Workload", "warm_engine", "workload_requests"]
+__all__ = ["WORKLOADS", "Workload", "warm_engine", "workload_model", "workload_requests"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,16 @@ WORKLOADS = {w.name: w for w in (
     Workload("wide", "qwen3-0.6b-gr", 1024, 512, 512, 1_000_000, 8),
     Workload("long", "qwen3-1.7b-gr", 5000, 256, 256, 1_000_000, 4),
 )}
+
+
+def workload_model(w: Workload, decoder: torch.nn.Module, catalog: ItemCatalog, cfg: ModelConfig | None = None,
+                   **serve) -> GRModel:
+    """The benchmark's model of ``w`` over ``decoder`` and ``catalog``: the workload's beam and a serve config
+    (GPU, bf16, compiled, CUDA graphs, batches up to ``w.max_batch``, one prompt bucket), ``serve`` changing it."""
+    default = ServeConfig(device="cuda", dtype="bfloat16", max_batch=w.max_batch, prompt_buckets=[w.prompt_tokens],
+                          max_wait_ms=2.0, compile=True, cuda_graphs=True)
+    return GRModel(XGRConfig(model=cfg or w.model_config(), beam=BeamConfig(beam_width=w.beam_width, top_k=w.top_k),
+                             serve=dataclasses.replace(default, **serve)), decoder, catalog)
 
 
 def workload_requests(w: Workload, catalog: ItemCatalog, cfg: ModelConfig, count: int = 64) -> list[RecRequest]:
