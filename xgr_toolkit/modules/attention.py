@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused_linear import fused_linear
 from .rms_norm import RMSNorm
 from .rotary import apply_rotary
 
@@ -36,14 +37,26 @@ class GroupedQueryAttention(nn.Module):
         self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=False)
         self.q_norm = RMSNorm(head_dim, eps) if qk_norm else nn.Identity()
         self.k_norm = RMSNorm(head_dim, eps) if qk_norm else nn.Identity()
+        self.qkv_proj: nn.Linear | None = None  # q, k and v as one product: set by fuse_projections()
+
+    def fuse_projections(self) -> None:
+        """Serving: compute q, k and v with one product (new weights); the three separate maps are dropped."""
+        self.qkv_proj = fused_linear(self.q_proj, self.k_proj, self.v_proj)
+        del self.q_proj, self.k_proj, self.v_proj
 
     def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """x: [B, T, hidden]; cos, sin: [B, 1, T, D] -> q [B, H, T, D], k, v [B, Hkv, T, D] (normed, rotated)."""
+        """x: [B, T, hidden]; cos, sin: [B, T, 1, D] -> q [B, H, T, D], k, v [B, Hkv, T, D] (normed, rotated;
+        transposed views of token-major tensors)."""
         B, T, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(B, T, self.num_heads, self.head_dim)).transpose(1, 2)
-        k = self.k_norm(self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        if self.qkv_proj is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:
+            q, k, v = self.qkv_proj(x).split((H * D, Hkv * D, Hkv * D), dim=-1)
+        # rotated token-major and transposed last: k and v stay token-major in memory, as the cache stores them
+        q = apply_rotary(self.q_norm(q.view(B, T, H, D)), cos, sin).transpose(1, 2)
+        k = apply_rotary(self.k_norm(k.view(B, T, Hkv, D)), cos, sin).transpose(1, 2)
+        return q, k, v.view(B, T, Hkv, D).transpose(1, 2)
 
     def output(self, out: torch.Tensor) -> torch.Tensor:
         """out: [B, H, T, D] -> [B, T, hidden]."""
@@ -51,5 +64,5 @@ class GroupedQueryAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: AttendFn) -> torch.Tensor:
-        """x: [B, T, hidden]; cos, sin: [B, 1, T, D] -> [B, T, hidden]."""
+        """x: [B, T, hidden]; cos, sin: [B, T, 1, D] -> [B, T, hidden]."""
         return self.output(attend(self.layer, *self.project(x, cos, sin)))

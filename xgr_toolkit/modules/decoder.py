@@ -74,6 +74,14 @@ class GRDecoder(nn.Module):
             for block in ("attention_inputs", "attention_output"):
                 setattr(layer, block, torch.compile(getattr(layer, block), fullgraph=True, **options))
 
+    def fuse_projections(self) -> None:
+        """Serving: q/k/v and gate/up each as one product (fewer, wider kernels). Adds those weights once
+        more (the fused copies); meant for a module tree of :meth:`sharing_weights`, so that the original
+        keeps its own, HF-named parameters."""
+        for layer in self.layers:
+            layer.self_attn.fuse_projections()
+            layer.mlp.fuse_projections()
+
     def sharing_weights(self) -> GRDecoder:
         """A new module tree over the same parameters and buffers (to compile without touching this one)."""
         return copy.deepcopy(self, memo={id(t): t for t in (*self.parameters(), *self.buffers())})

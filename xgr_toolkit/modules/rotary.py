@@ -15,14 +15,14 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # [D/2]
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions: [B, T] int -> (cos, sin), each [B, 1, T, D] in ``dtype``."""
+        """positions: [B, T] int -> (cos, sin), each [B, T, 1, D] in ``dtype`` (one for every head)."""
         freqs = positions[..., None].float() * self.inv_freq  # [B, T, D/2]
-        angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, T, D]
+        angles = torch.cat((freqs, freqs), dim=-1)[:, :, None]  # [B, T, 1, D]
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, H, T, D]; cos, sin: [B, 1, T, D] -> [B, H, T, D]."""
+    """x: [B, T, H, D]; cos, sin: [B, T, 1, D] -> [B, T, H, D]."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
