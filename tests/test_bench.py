@@ -1,8 +1,12 @@
 """The benchmark's arithmetic and its report, on the CPU (the measurements themselves need a GPU)."""
 
 import json
+from types import SimpleNamespace
+
+import pytest
 
 from xgr_toolkit import ModelConfig
+from xgr_toolkit.bench import run as bench_run
 from xgr_toolkit.bench.flops import request_flops, weight_bytes
 from xgr_toolkit.bench.load import percentiles
 from xgr_toolkit.bench.report import markdown_table, plot_sweeps, write_markdown
@@ -23,6 +27,25 @@ def test_request_flops_count_by_hand():
     assert flops["decode"] == 1 * 3 * (2 * linear + 4 * (5 + 2) * 4 + head)
     assert flops["total"] == flops["prefill"] + flops["decode"]
     assert weight_bytes(cfg) == (linear + 4 * 8) * 2
+
+
+@pytest.mark.parametrize("holds_up_to", [300.0, 1000.0, 2_000.0])
+def test_throughput_search_finds_the_highest_rate_that_holds(monkeypatch, holds_up_to):
+    """A simulated server whose P99 holds up to ``holds_up_to`` req/s, the GPU's capacity 1,000 req/s."""
+    rates = []
+
+    def open_loop(submit, requests, rate, seconds):
+        rates.append(rate)
+        return {"arrival_rps": rate, "p99_ms": 50.0 if rate <= holds_up_to else 900.0}
+
+    monkeypatch.setattr(bench_run, "open_loop", open_loop)
+    engine = SimpleNamespace(capacity_rps=lambda prompt_len: 1000.0, submit=None)
+    found = bench_run._throughput_at_limit(engine, [SimpleNamespace(prompt=(1, 2))], 1.0, points=8)
+    if holds_up_to >= 1000:  # the capacity holds: one point, nothing to search
+        assert rates == [1000.0] and found["max_rps_at_p99_limit"] == 1000.0
+    else:
+        assert holds_up_to * (1 - 2**-6) <= found["max_rps_at_p99_limit"] <= holds_up_to
+        assert len(rates) == 8
 
 
 def test_percentiles_are_nearest_rank():
