@@ -62,6 +62,25 @@ def test_loss_is_cross_entropy_over_labelled_positions(small_cfg):
     assert not torch.isclose(decoder.loss(tokens, relabelled), expected)
 
 
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_fused_projections_compute_the_same_and_leave_the_original_untouched(small_cfg, qkv_bias):
+    small_cfg.qkv_bias = qkv_bias
+    decoder = random_decoder(small_cfg, seed=3)
+    if qkv_bias:
+        with torch.no_grad():
+            for layer in decoder.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_()
+    before = {name: t.clone() for name, t in decoder.state_dict().items()}
+    fused = decoder.sharing_weights()
+    fused.fuse_projections()
+    tokens = torch.randint(0, small_cfg.vocab_size, (3, 9), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(fused(tokens), decoder(tokens), rtol=1e-5, atol=1e-5)
+    assert not hasattr(fused.layers[0].self_attn, "q_proj") and not hasattr(fused.layers[0].mlp, "up_proj")
+    assert decoder.state_dict().keys() == before.keys()  # HF names kept, values unchanged
+    assert all(torch.equal(t, before[name]) for name, t in decoder.state_dict().items())
+
+
 def test_tied_head_shares_the_embedding(small_cfg):
     untied = sum(p.numel() for p in GRDecoder(small_cfg).parameters())
     small_cfg.tie_embeddings = True

@@ -103,7 +103,7 @@ def plot_sweeps(results: dict, path: Path) -> bool:
 
 
 def plot(results: dict, path: Path) -> None:
-    """P99 latency against offered rate, one line per workload (the fast engine's sweep)."""
+    """P99 latency against arrival rate, one line per workload (the fast engine's open-loop points, by rate)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,15 +111,17 @@ def plot(results: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, w in results["workloads"].items():
-        sweep = w["xgr"].get("sweep", [])
-        ax.plot([p["arrival_rps"] for p in sweep], [p["p99_ms"] for p in sweep], marker="o", label=f"xgr {name}")
+        sweep = sorted(w["xgr"].get("sweep", []), key=lambda p: p["arrival_rps"])  # searched out of order
+        (line,) = ax.plot([p["arrival_rps"] for p in sweep], [p["p99_ms"] for p in sweep], marker="o",
+                          label=f"xgr {name}")
         hf = w.get("hf", {}).get("c1")
         if hf:
-            ax.scatter([hf["throughput_rps"]], [hf["p99_ms"]], marker="x", s=60, label=f"HF {name} (c=1)")
+            ax.scatter([hf["throughput_rps"]], [hf["p99_ms"]], marker="x", s=60, color=line.get_color(),
+                       label=f"HF {name} (c=1)")
     ax.axhline(200, color="grey", linestyle="--", linewidth=1, label="P99 limit 200 ms")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("throughput (requests/s)")
+    ax.set_xlabel("arrival rate (requests/s)")
     ax.set_ylabel("P99 latency (ms)")
     gpus = sorted({w["meta"]["gpu"] for w in results["workloads"].values()})
     ax.set_title(f"xgr_toolkit on {', '.join(gpus)}")
