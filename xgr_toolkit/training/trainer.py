@@ -108,21 +108,23 @@ def _check_items(samples: SampleTable, catalog: ItemCatalog) -> None:
         raise ValueError(f"samples use item ids without a SID: {unknown[:10].tolist()}")
 
 
-def _batch(decoder: GRDecoder, table: SampleTable, idx: torch.Tensor, codes: torch.Tensor):
-    """Rows ``idx`` of the table -> (tokens, labels) [B, T], trimmed to the longest sample."""
-    n = table.num_items[idx]  # [B]
-    width = int(n.max())
-    return batch_from_codes(decoder.config, codes[table.items[idx, :width]], n)
+def _batch(decoder: GRDecoder, table: SampleTable, idx: torch.Tensor, codes: torch.Tensor, width: int):
+    """Rows ``idx`` of the table -> (tokens, labels) [B, T], trimmed to ``width`` items, the longest of those
+    rows' samples: the caller reads it from a host copy, so that no step waits for the device."""
+    return batch_from_codes(decoder.config, codes[table.items[idx, :width]], table.num_items[idx])
 
 
 @torch.no_grad()
-def _mean_loss(decoder: GRDecoder, table: SampleTable, codes: torch.Tensor, cfg: TrainConfig) -> float:
+def _mean_loss(decoder: GRDecoder, table: SampleTable, host_num_items: torch.Tensor, codes: torch.Tensor,
+               cfg: TrainConfig) -> float:
     """Mean next-SID loss over the table (a sample's L tokens weigh the same everywhere)."""
     decoder.eval()
     total = torch.zeros((), device=table.items.device)
-    for idx in torch.arange(len(table), device=table.items.device).split(cfg.batch_size):
+    for start in range(0, len(table), cfg.batch_size):
+        idx = torch.arange(start, min(start + cfg.batch_size, len(table)), device=table.items.device)
+        width = int(host_num_items[start:start + cfg.batch_size].max())
         with torch.autocast(table.items.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            total += next_sid_loss(decoder, *_batch(decoder, table, idx, codes)).float() * len(idx)
+            total += next_sid_loss(decoder, *_batch(decoder, table, idx, codes, width)).float() * len(idx)
     decoder.train()
     return float(total) / len(table)
 
@@ -139,7 +141,7 @@ def train_decoder(decoder: GRDecoder, catalog: ItemCatalog, samples: SampleTable
     decoder.to(device).train()
     codes = code_table(catalog, device)  # [max_id + 1, L]
     _check_items(samples, catalog)
-    table = samples.to(device)
+    table, host_num_items = samples.to(device), samples.num_items.cpu()
     valid_table = None
     if valid is not None:
         _check_items(valid, catalog)
@@ -162,14 +164,16 @@ def train_decoder(decoder: GRDecoder, catalog: ItemCatalog, samples: SampleTable
     step = 0
     bar = tqdm(total=total, desc="train", unit="step", disable=not cfg.progress, dynamic_ncols=True)
     while step < total:
-        order = torch.randperm(len(table), generator=g).to(device)
+        host_order = torch.randperm(len(table), generator=g)  # batch widths are read from host copies
+        order = host_order.to(device)
         epoch_sum = torch.zeros((), device=device)
         epoch_steps = 0
         for b in range(steps_per_epoch):
             if step >= total:
                 break
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            tokens, labels = _batch(decoder, table, idx, codes)  # [B, T] each
+            rows = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
+            width = int(host_num_items[host_order[rows]].max())
+            tokens, labels = _batch(decoder, table, order[rows], codes, width)  # [B, T] each
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 loss = next_sid_loss(decoder, tokens, labels)
             optimizer.zero_grad(set_to_none=True)
@@ -187,7 +191,7 @@ def train_decoder(decoder: GRDecoder, catalog: ItemCatalog, samples: SampleTable
             bar.update(1)
         epoch_losses.append(float(epoch_sum) / max(1, epoch_steps))
         if valid_table is not None:
-            valid_losses.append(_mean_loss(decoder, valid_table, codes, cfg))
+            valid_losses.append(_mean_loss(decoder, valid_table, valid.num_items.cpu(), codes, cfg))
             if cfg.progress:
                 bar.write(f"epoch {len(epoch_losses)}: train loss {epoch_losses[-1]:.4f}, "
                           f"valid loss {valid_losses[-1]:.4f}")
