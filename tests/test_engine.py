@@ -6,6 +6,7 @@ import weakref
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from xgr_toolkit import ServeConfig
 from xgr_toolkit.cli import main
@@ -34,6 +35,18 @@ def test_compiled_engine_equals_reference_on_the_cpu():
     engine = GREngine(model)
     engine.warmup()
     assert_same_items(ReferenceEngine(model).recommend(requests), engine.recommend(requests))
+
+
+def test_a_compiled_engine_without_graphs_compiles_nothing_after_warm_up():
+    """Batches are padded to the warmed-up buckets also without CUDA graphs (the "no CUDA graphs"
+    ablation compiles): a batch of 3 must not compile a shape of its own."""
+    model, requests = random_case(3, ServeConfig(prompt_buckets=[8, 40], max_batch=4, compile=True))
+    engine = GREngine(model)
+    engine.warmup()
+    graphs = counters["stats"]["unique_graphs"]
+    for size in (1, 2, 3, 4):
+        assert_same_items(ReferenceEngine(model).recommend(requests[:size]), engine.recommend(requests[:size]))
+    assert counters["stats"]["unique_graphs"] == graphs
 
 
 def test_a_closed_engine_is_freed_although_warm_up_froze_the_collector():

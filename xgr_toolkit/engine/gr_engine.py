@@ -175,8 +175,9 @@ class GREngine:
             if r.beam_width > self.beam_width:
                 raise ValueError(f"beam_width {r.beam_width} exceeds the engine's {self.beam_width}")
         R, P = self.bucket(len(requests), max(len(r.prompt) for r in requests))
+        padded = self.serve.cuda_graphs or self.serve.compile  # to the bucket warm-up compiled (and captured)
         host = make_batch(requests, self.model.catalog, P, self.serve.max_exclusions,
-                          slots=R if self.serve.cuda_graphs else len(requests))
+                          slots=R if padded else len(requests))
         if not self.cuda:
             scores, sid_index = self._search(host)
             return LaunchedBatch(self, requests, scores, sid_index, None)
