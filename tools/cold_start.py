@@ -51,7 +51,7 @@ def child(spec: dict) -> None:
     import torch
 
     from xgr_toolkit.bench.workloads import WORKLOADS, workload_model, workload_requests
-    from xgr_toolkit.compile_cache import compiled_shapes, point_caches_at, save_compile_cache, use_compile_cache
+    from xgr_toolkit.compile_cache import artifact_info, point_caches_at, save_compile_cache, use_compile_cache
     from xgr_toolkit.engine import GREngine
     from xgr_toolkit.synthetic import random_catalog, random_decoder
     stamps["imports"] = time.time()
@@ -104,9 +104,8 @@ def child(spec: dict) -> None:
               "threads": torch.get_num_threads()}
     if mode == "cold" and spec.get("export"):
         result["saved"] = {}
-        info = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
-                "engine": "fast", "max_beam_width": w.beam_width, "shapes": compiled_shapes(model.config, w.beam_width),
-                "warmup_s": round(stamps["warmup"] - stamps["model"], 3), "workload": w.name}
+        info = {**artifact_info(model.config, device, "fast", w.beam_width, stamps["warmup"] - stamps["model"]),
+                "workload": w.name}
         for method in spec["methods"]:
             start = time.time()
             manifest = save_compile_cache(Path(spec["export"]) / method, method, spec["caches"], info)

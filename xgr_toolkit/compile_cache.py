@@ -37,7 +37,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DEFAULT_METHOD", "MANIFEST_FILE", "METHODS", "CompileCacheError", "compiled_shapes", "export_compile_cache",
+__all__ = ["DEFAULT_METHOD", "MANIFEST_FILE", "METHODS", "CompileCacheError", "artifact_info", "compiled_shapes",
+           "export_compile_cache",
            "point_caches_at", "read_manifest", "save_compile_cache", "use_compile_cache"]
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,15 @@ def compiled_shapes(config, beam_width: int) -> dict:
     return {"model": dataclasses.asdict(config.model), "beam_width": int(beam_width), "max_batch": serve.max_batch,
             "prompt_buckets": list(serve.prompt_buckets), "dtype": serve.dtype, "compile": serve.compile,
             "cuda_graphs": serve.cuda_graphs}
+
+
+def artifact_info(config, device: str | torch.device, engine: str, beam_width: int, warmup_s: float) -> dict:
+    """What a manifest says of the compilation it holds: where it ran, for which engine, beam width and
+    shapes (:func:`compiled_shapes`), and how long the warm-up took."""
+    device = torch.device(device)
+    return {"device": str(device), "device_name": _device_name(device), "engine": engine,
+            "max_beam_width": int(beam_width), "shapes": compiled_shapes(config, beam_width),
+            "warmup_s": round(warmup_s, 3)}
 
 
 def _triton_version() -> str | None:
@@ -264,9 +274,7 @@ def export_compile_cache(model_dir: str | Path, out: str | Path, *, device: str 
             service = RecService.from_model_dir(model_dir, engine=engine, max_beam_width=beam_width, device=device)
             warm_ms = service.warm_up()
             from torch._dynamo.utils import counters
-            info = {"device": str(torch.device(device)), "device_name": _device_name(torch.device(device)),
-                    "engine": engine, "max_beam_width": beam_width,
-                    "shapes": compiled_shapes(service.model.config, beam_width), "warmup_s": round(warm_ms / 1e3, 3),
+            info = {**artifact_info(service.model.config, device, engine, beam_width, warm_ms / 1e3),
                     "graphs_compiled": int(counters["inductor"]["fxgraph_cache_miss"])}
             return save_compile_cache(out, method, caches, info)
     finally:

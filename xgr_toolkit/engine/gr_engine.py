@@ -34,6 +34,10 @@ from .scheduler import BatchScheduler
 
 __all__ = ["GREngine", "LaunchedBatch"]
 
+# Warm-up freezes the garbage collector (below); at exit objects are ordinary again, since extension
+# modules check for leaks then.
+atexit.register(gc.unfreeze)
+
 
 @dataclass
 class _Graph:
@@ -136,7 +140,6 @@ class GREngine:
         # Frozen, they are never walked again: serving pauses only for objects made after warm-up.
         gc.collect()
         gc.freeze()
-        atexit.register(gc.unfreeze)  # at exit they are ordinary again (extension modules check for leaks)
 
     @torch.no_grad()
     def _capture(self, R: int, P: int, batch: BeamBatch) -> _Graph:

@@ -142,10 +142,10 @@ def train_decoder(decoder: GRDecoder, catalog: ItemCatalog, samples: SampleTable
     codes = code_table(catalog, device)  # [max_id + 1, L]
     _check_items(samples, catalog)
     table, host_num_items = samples.to(device), samples.num_items.cpu()
-    valid_table = None
+    valid_table = valid_num_items = None
     if valid is not None:
         _check_items(valid, catalog)
-        valid_table = valid.to(device)
+        valid_table, valid_num_items = valid.to(device), valid.num_items.cpu()
     steps_per_epoch = math.ceil(len(table) / cfg.batch_size)
     total = math.ceil(cfg.epochs * steps_per_epoch)
     if cfg.max_steps > 0:
@@ -191,7 +191,7 @@ def train_decoder(decoder: GRDecoder, catalog: ItemCatalog, samples: SampleTable
             bar.update(1)
         epoch_losses.append(float(epoch_sum) / max(1, epoch_steps))
         if valid_table is not None:
-            valid_losses.append(_mean_loss(decoder, valid_table, valid.num_items.cpu(), codes, cfg))
+            valid_losses.append(_mean_loss(decoder, valid_table, valid_num_items, codes, cfg))
             if cfg.progress:
                 bar.write(f"epoch {len(epoch_losses)}: train loss {epoch_losses[-1]:.4f}, "
                           f"valid loss {valid_losses[-1]:.4f}")
