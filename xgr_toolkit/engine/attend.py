@@ -13,17 +13,20 @@ __all__ = ["DecodeAttend", "PrefillAttend", "duplicated_kv_attention"]
 
 
 class PrefillAttend:
-    """Prefill: write the prompt's KV once into the shared cache; causal attention over the prompt.
+    """Prefill: the prompt's KV goes once into the shared cache; causal attention over the prompt.
 
     Prompts are right-padded, so causal attention keeps every real position blind to the padding.
     """
 
-    def __init__(self, cache: BeamKVCache):
-        self.cache = cache
+    def __init__(self, cache: BeamKVCache, requests: int, prompt_bucket: int):
+        self.cache, self.R, self.P = cache, requests, prompt_bucket
+
+    def kv_out(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the layer's projections write k and v: the shared prompt cache."""
+        return self.cache.prompt_slots(layer, self.R, self.P)
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q: [R, H, P, D]; k, v: [R, Hkv, P, D] -> [R, H, P, D]."""
-        self.cache.write_prompt(layer, k, v)
+        """q: [R, H, P, D]; k, v: [R, Hkv, P, D] (already in the cache) -> [R, H, P, D]."""
         return causal_attend(layer, q, k, v)
 
 
@@ -37,10 +40,13 @@ class DecodeAttend:
         self.R, self.W, self.P = requests, beam_width, prompt_bucket
         self.attention = staged_attention if shared_prompt_kv else duplicated_kv_attention
 
+    def kv_out(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the layer's projections write k and v: beam position ``slot`` of the per-beam cache."""
+        return self.cache.beam_slots(layer, self.R, self.slot)
+
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q: [R*W, H, 1, D]; k, v: [R*W, Hkv, 1, D] -> [R*W, H, 1, D]."""
+        """q: [R*W, H, 1, D]; k, v: [R*W, Hkv, 1, D] (already in the cache) -> [R*W, H, 1, D]."""
         R, W = self.R, self.W
-        self.cache.write_beam(layer, self.slot, k.reshape(R, W, *k.shape[1:2], -1), v.reshape(R, W, *v.shape[1:2], -1))
         prompt_k, prompt_v = self.cache.prompt(layer, R, self.P)
         beam_k, beam_v = self.cache.beams(layer, R)
         out = self.attention(q.reshape(R, W, q.shape[1], -1), prompt_k, prompt_v, self.prompt_len,

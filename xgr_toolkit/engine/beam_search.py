@@ -74,7 +74,7 @@ class BeamSearch(nn.Module):
         """Prompt KV -> shared cache; returns the final-normed state after each prompt's last token, [R, hidden]."""
         R, P = batch.tokens.shape
         positions = torch.arange(P, device=batch.tokens.device).expand(R, P)
-        hidden = self.decoder.hidden_states(batch.tokens, positions, PrefillAttend(self.cache))  # [R, P, hidden]
+        hidden = self.decoder.hidden_states(batch.tokens, positions, PrefillAttend(self.cache, R, P))  # [R, P, hidden]
         return hidden[torch.arange(R, device=hidden.device), batch.prompt_len - 1]
 
     def first_step(self, last: torch.Tensor, batch: BeamBatch) -> BeamState:

@@ -29,17 +29,16 @@ class BeamKVCache(nn.Module):
         for name, shape in (("prompt_k", prompt), ("prompt_v", prompt), ("beam_k", beam), ("beam_v", beam)):
             self.register_buffer(name, torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def write_prompt(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """k, v: [R', Hkv, T, D] for the first R' slots and T positions (prefill only)."""
-        R, _, T, _ = k.shape
-        self.prompt_k[layer, :R, :T].copy_(k.transpose(1, 2))
-        self.prompt_v[layer, :R, :T].copy_(v.transpose(1, 2))
+    def prompt_slots(self, layer: int, requests: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where prefill's k and v go: views [R', Hkv, T, D] of the first R' requests and T positions."""
+        return (self.prompt_k[layer, :requests, :tokens].transpose(1, 2),
+                self.prompt_v[layer, :requests, :tokens].transpose(1, 2))
 
-    def write_beam(self, layer: int, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """k, v: [R', W, Hkv, D], the decoded token of every beam, into beam position ``slot``."""
-        R = k.shape[0]
-        self.beam_k[layer, :R, :, :, slot].copy_(k)
-        self.beam_v[layer, :R, :, :, slot].copy_(v)
+    def beam_slots(self, layer: int, requests: int, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where a decode step's k and v go: views [R'*W, Hkv, 1, D], beam position ``slot`` of every beam."""
+        R, W, Hkv, D = requests, self.beam_k.shape[2], self.beam_k.shape[3], self.beam_k.shape[5]
+        return (self.beam_k[layer, :R, :, :, slot].view(R * W, Hkv, 1, D),
+                self.beam_v[layer, :R, :, :, slot].view(R * W, Hkv, 1, D))
 
     def reorder(self, parent: torch.Tensor, filled: int) -> None:
         """parent: [R', W] int64 non-decreasing per row: beam w now continues beam parent[r, w]; only the

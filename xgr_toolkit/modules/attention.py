@@ -15,10 +15,18 @@ from .fused_linear import fused_linear
 from .rms_norm import RMSNorm
 from .rotary import apply_rotary
 
-__all__ = ["AttendFn", "GroupedQueryAttention", "causal_attend"]
+__all__ = ["AttendFn", "GroupedQueryAttention", "KVOut", "causal_attend", "kv_out_of"]
 
-# attend(layer, q [B, H, T, D], k [B, Hkv, T, D], v [B, Hkv, T, D]) -> out [B, H, T, D]
+# attend(layer, q [B, H, T, D], k [B, Hkv, T, D], v [B, Hkv, T, D]) -> out [B, H, T, D]. A strategy with a KV
+# cache also has kv_out(layer) -> (k, v) views [B, Hkv, T, D] of the cache: the projections write the new k
+# and v there themselves (compiled, the kernel that computes them stores them; no copy kernels).
 AttendFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+KVOut = tuple[torch.Tensor, torch.Tensor] | None
+
+
+def kv_out_of(attend: AttendFn, layer: int) -> KVOut:
+    """The cache slots of ``attend`` for ``layer``'s new k and v; None for a strategy without a cache."""
+    return attend.kv_out(layer) if hasattr(attend, "kv_out") else None
 
 
 def causal_attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -44,9 +52,10 @@ class GroupedQueryAttention(nn.Module):
         self.qkv_proj = fused_linear(self.q_proj, self.k_proj, self.v_proj)
         del self.q_proj, self.k_proj, self.v_proj
 
-    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                kv_out: KVOut = None) -> tuple[torch.Tensor, ...]:
         """x: [B, T, hidden]; cos, sin: [B, T, 1, D] -> q [B, H, T, D], k, v [B, Hkv, T, D] (normed, rotated;
-        transposed views of token-major tensors)."""
+        transposed views of token-major tensors), k and v also written into ``kv_out`` when given."""
         B, T, _ = x.shape
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         if self.qkv_proj is None:
@@ -56,7 +65,11 @@ class GroupedQueryAttention(nn.Module):
         # rotated token-major and transposed last: k and v stay token-major in memory, as the cache stores them
         q = apply_rotary(self.q_norm(q.view(B, T, H, D)), cos, sin).transpose(1, 2)
         k = apply_rotary(self.k_norm(k.view(B, T, Hkv, D)), cos, sin).transpose(1, 2)
-        return q, k, v.view(B, T, Hkv, D).transpose(1, 2)
+        v = v.view(B, T, Hkv, D).transpose(1, 2)
+        if kv_out is not None:
+            kv_out[0].copy_(k)
+            kv_out[1].copy_(v)
+        return q, k, v
 
     def output(self, out: torch.Tensor) -> torch.Tensor:
         """out: [B, H, T, D] -> [B, T, hidden]."""
@@ -65,4 +78,4 @@ class GroupedQueryAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: AttendFn) -> torch.Tensor:
         """x: [B, T, hidden]; cos, sin: [B, T, 1, D] -> [B, T, hidden]."""
-        return self.output(attend(self.layer, *self.project(x, cos, sin)))
+        return self.output(attend(self.layer, *self.project(x, cos, sin, kv_out_of(attend, self.layer))))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .attention import AttendFn, GroupedQueryAttention, causal_attend
+from .attention import AttendFn, GroupedQueryAttention, KVOut, causal_attend, kv_out_of
 from .mlp import SwiGLU
 from .rms_norm import RMSNorm
 from .rotary import RotaryEmbedding
@@ -31,12 +31,14 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: AttendFn) -> torch.Tensor:
         """x: [B, T, hidden] -> [B, T, hidden]."""
-        q, k, v = self.attention_inputs(x, cos, sin)
-        return self.attention_output(x, attend(self.self_attn.layer, q, k, v))
+        layer = self.self_attn.layer
+        q, k, v = self.attention_inputs(x, cos, sin, kv_out_of(attend, layer))
+        return self.attention_output(x, attend(layer, q, k, v))
 
-    def attention_inputs(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Everything before attention: norm, projections, q/k norm, RoPE."""
-        return self.self_attn.project(self.input_layernorm(x), cos, sin)
+    def attention_inputs(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                         kv_out: KVOut = None) -> tuple[torch.Tensor, ...]:
+        """Everything before attention: norm, projections, q/k norm, RoPE; k and v into ``kv_out``."""
+        return self.self_attn.project(self.input_layernorm(x), cos, sin, kv_out)
 
     def attention_output(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """Everything after attention: output projection, residual, the MLP block."""
