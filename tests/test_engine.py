@@ -94,19 +94,24 @@ def test_prompt_cache_is_written_once_and_its_memory_does_not_depend_on_beam_wid
     assert prompt_bytes(16) == prompt_bytes(1024)
 
 
-def test_reorder_moves_only_the_filled_positions_of_the_per_beam_cache():
+def test_reorder_moves_no_keys_and_traces_each_beams_ancestors():
+    """Three decode steps: beam w's position l must be read from the slot of its ancestor at step l,
+    whatever an earlier search left in the lineage, and no key or value moves."""
     cache = BeamKVCache()
     cache.setup(1, 2, 5, 4, 3, 1, 2, torch.float32, "cpu")
-    cache.beam_k.copy_(torch.arange(cache.beam_k.numel(), dtype=torch.float32).view_as(cache.beam_k))
+    cache.beam_k.normal_()
     cache.prompt_k.normal_()
+    cache.lineage.fill_(3)  # left over from an earlier search
     prompt, beams = cache.prompt_k.clone(), cache.beam_k.clone()
-    parent = torch.tensor([[0, 0, 2, 3], [1, 1, 1, 3]])
-    cache.reorder(parent, filled=2)
-    assert torch.equal(cache.prompt_k, prompt)
+    parents = [torch.tensor([[0, 0, 0, 0], [0, 0, 0, 0]]),  # step 1 continues the root
+               torch.tensor([[0, 0, 2, 3], [1, 1, 1, 3]]), torch.tensor([[1, 1, 2, 3], [0, 1, 2, 2]])]
+    for filled, parent in enumerate(parents):
+        cache.reorder(parent, filled)
     for r in range(2):
         for w in range(4):
-            assert torch.equal(cache.beam_k[0, r, w, :, :2], beams[0, r, parent[r, w], :, :2])
-            assert torch.equal(cache.beam_k[0, r, w, :, 2:], beams[0, r, w, :, 2:])  # positions not yet filled stay
+            ancestors = [int(parents[1][r, parents[2][r, w]]), int(parents[2][r, w]), w]  # the slot of each position
+            assert cache.lineage[r, w].tolist() == ancestors
+    assert torch.equal(cache.prompt_k, prompt) and torch.equal(cache.beam_k, beams)
 
 
 def test_cli_fast_engine_prints_what_the_reference_prints(tiny_model_dir, capsys):

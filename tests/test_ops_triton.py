@@ -54,7 +54,8 @@ def attention_inputs(seed, R, W, Hkv, G, D, P, L, prompt_len, beam_len, dtype, d
     def rand(*shape):
         return torch.randn(*shape, generator=g).to(device, dtype)
     return (rand(R, W, H, D), rand(R, Hkv, P, D), rand(R, Hkv, P, D), torch.tensor(prompt_len, device=device),
-            rand(R, W, Hkv, L, D), rand(R, W, Hkv, L, D), torch.tensor(beam_len, device=device))
+            rand(R, W, Hkv, L, D), rand(R, W, Hkv, L, D), torch.tensor(beam_len, device=device),
+            torch.randint(W, (R, W, L), generator=g).to(device))  # a random lineage
 
 
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}
@@ -80,26 +81,27 @@ def test_staged_attention_kernel_matches_reference(case, block):
 
 
 def test_staged_attention_kernel_ignores_padding():
-    q, pk, pv, plen, bk, bv, blen = attention_inputs(0, 2, 5, 2, 2, 16, 24, 4, [17, 0], 2, torch.float32)
-    clean = launch_staged_attention(q, pk, pv, plen, bk, bv, blen, block_m=16, block_n=16)
+    q, pk, pv, plen, bk, bv, blen, src = attention_inputs(0, 2, 5, 2, 2, 16, 24, 4, [17, 0], 2, torch.float32)
+    clean = launch_staged_attention(q, pk, pv, plen, bk, bv, blen, src, block_m=16, block_n=16)
     for cache, valid in ((pk, 17), (pv, 17), (bk, 2), (bv, 2)):
         if cache.dim() == 4:
             cache[0, :, valid:] = float("nan")
             cache[1] = float("nan")
         else:
             cache[..., valid:, :] = float("nan")
-    torch.testing.assert_close(launch_staged_attention(q, pk, pv, plen, bk, bv, blen, block_m=16, block_n=16), clean)
+    torch.testing.assert_close(launch_staged_attention(q, pk, pv, plen, bk, bv, blen, src, block_m=16, block_n=16),
+                               clean)
 
 
 def test_staged_attention_kernel_reads_strided_views():
-    q, pk, pv, plen, bk, bv, blen = attention_inputs(2, 2, 5, 2, 2, 16, 24, 3, [20, 24], 3, torch.float32)
+    q, pk, pv, plen, bk, bv, blen, src = attention_inputs(2, 2, 5, 2, 2, 16, 24, 3, [20, 24], 3, torch.float32)
     # q from a [R, H, W, D] buffer, caches as slices of larger buffers (other layers, more slots).
     q_strided = q.transpose(1, 2).contiguous().transpose(1, 2)
     pk_strided = torch.stack((pk, torch.zeros_like(pk)), dim=2)[:, :, 0]
     bv_strided = torch.cat((bv, bv), dim=-1)[..., :16]
     assert not (q_strided.is_contiguous() or pk_strided.is_contiguous() or bv_strided.is_contiguous())
-    expected = staged_attention_reference(q, pk, pv, plen, bk, bv, blen)
-    out = launch_staged_attention(q_strided, pk_strided, pv, plen, bk, bv_strided, blen, block_m=16, block_n=16)
+    expected = staged_attention_reference(q, pk, pv, plen, bk, bv, blen, src)
+    out = launch_staged_attention(q_strided, pk_strided, pv, plen, bk, bv_strided, blen, src, block_m=16, block_n=16)
     torch.testing.assert_close(out, expected, **TOL[torch.float32])
 
 

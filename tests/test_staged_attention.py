@@ -1,6 +1,7 @@
 """Staged attention: the PyTorch reference against a dense oracle, the merge, the dispatcher.
 
-The oracle is what a naive engine does: copy the prompt KV into every beam and run SDPA with a mask.
+The oracle is what a naive engine does: copy the prompt KV into every beam, and each beam's decoded
+keys out of the slots its lineage names, and run SDPA with a mask.
 """
 
 
@@ -13,14 +14,16 @@ from hypothesis import strategies as st
 from xgr_toolkit.ops import merge_attention_states, staged_attention, staged_attention_reference
 
 
-def dense_attention(q, prompt_k, prompt_v, prompt_len, beam_k, beam_v, beam_len):
-    """Prompt KV duplicated per beam ++ beam KV, one masked SDPA call in float32 -> [R, W, H, D]."""
+def dense_attention(q, prompt_k, prompt_v, prompt_len, beam_k, beam_v, beam_len, beam_src):
+    """Prompt KV duplicated per beam ++ each beam's own decoded KV, one masked SDPA call in float32 -> [R, W, H, D]."""
     R, W, H, D = q.shape
     Hkv, P, L = prompt_k.shape[1], prompt_k.shape[2], beam_k.shape[3]
 
     def per_beam(prompt, beam):  # [R, Hkv, P, D], [R, W, Hkv, L, D] -> [R*W, Hkv, P+L, D]
         copies = prompt[:, None].expand(R, W, Hkv, P, D)
-        return torch.cat((copies, beam), dim=3).reshape(R * W, Hkv, P + L, D).float()
+        own = torch.stack([torch.stack([torch.stack([beam[r, beam_src[r, w, pos], :, pos] for pos in range(L)], dim=1)
+                                        for w in range(W)]) for r in range(R)])  # [R, W, Hkv, L, D]
+        return torch.cat((copies, own), dim=3).reshape(R * W, Hkv, P + L, D).float()
     keep = torch.cat((torch.arange(P)[None, :] < prompt_len[:, None],  # [R, P]
                       (torch.arange(L) < beam_len).expand(R, L)), dim=1)  # [R, P+L]
     mask = keep[:, None].expand(R, W, P + L).reshape(R * W, 1, 1, P + L)
@@ -40,7 +43,8 @@ def attention_inputs(draw, dtype=torch.float32):
         return (scale * torch.randn(*shape, generator=g)).to(dtype)
     prompt_len = torch.tensor(draw(st.lists(st.integers(0, P), min_size=R, max_size=R)))
     return (rand(R, W, Hkv * G, D), rand(R, Hkv, P, D), rand(R, Hkv, P, D), prompt_len,
-            rand(R, W, Hkv, L, D), rand(R, W, Hkv, L, D), torch.tensor(draw(st.integers(1, L))))
+            rand(R, W, Hkv, L, D), rand(R, W, Hkv, L, D), torch.tensor(draw(st.integers(1, L))),
+            torch.randint(W, (R, W, L), generator=g))
 
 
 @settings(max_examples=150, deadline=None)
@@ -58,21 +62,21 @@ def test_reference_in_bfloat16_is_the_float32_result_rounded(inputs):
 
 
 def fixed_inputs(seed=0):
-    """R=2, W=3, H=4, Hkv=2, D=8, P=10 (request 1 empty), L=4 with 3 valid."""
+    """R=2, W=3, H=4, Hkv=2, D=8, P=10 (request 1 empty), L=4 with 3 valid, a random lineage."""
     g = torch.Generator().manual_seed(seed)
     q, pk, pv = (torch.randn(*shape, generator=g) for shape in ((2, 3, 4, 8), (2, 2, 10, 8), (2, 2, 10, 8)))
     bk, bv = torch.randn(2, 3, 2, 4, 8, generator=g), torch.randn(2, 3, 2, 4, 8, generator=g)
-    return q, pk, pv, torch.tensor([6, 0]), bk, bv, torch.tensor(3)
+    return q, pk, pv, torch.tensor([6, 0]), bk, bv, torch.tensor(3), torch.randint(3, (2, 3, 4), generator=g)
 
 
 def test_padding_is_never_read():
-    q, pk, pv, prompt_len, bk, bv, beam_len = fixed_inputs()
-    clean = staged_attention_reference(q, pk, pv, prompt_len, bk, bv, beam_len)
+    q, pk, pv, prompt_len, bk, bv, beam_len, lineage = fixed_inputs()
+    clean = staged_attention_reference(q, pk, pv, prompt_len, bk, bv, beam_len, lineage)
     for cache in (pk, pv):
         cache[0, :, 6:], cache[1] = float("nan"), float("inf")
     for cache in (bk, bv):
         cache[..., 3:, :] = float("nan")
-    out = staged_attention_reference(q, pk, pv, prompt_len, bk, bv, beam_len)
+    out = staged_attention_reference(q, pk, pv, prompt_len, bk, bv, beam_len, lineage)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, clean, atol=0, rtol=0)
 

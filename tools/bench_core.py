@@ -128,7 +128,8 @@ def attention_inputs(R, W, P, H, Hkv, D, L, beam_len, dtype, device, seed=0):
     def rand(*shape):
         return torch.randn(*shape, generator=g, device=device, dtype=torch.float32).to(dtype)
     return (rand(R, W, H, D), rand(R, Hkv, P, D), rand(R, Hkv, P, D), torch.full((R,), P, device=device),
-            rand(R, W, Hkv, L, D), rand(R, W, Hkv, L, D), torch.tensor(beam_len, device=device))
+            rand(R, W, Hkv, L, D), rand(R, W, Hkv, L, D), torch.tensor(beam_len, device=device),
+            torch.arange(W, device=device)[None, :, None].expand(R, W, L))  # each beam reads its own slots
 
 
 def duplicated_kv(prompt, beam, beam_len):
@@ -151,7 +152,7 @@ def attention_row(R, W, P, args, timer, device, staged_attention, staged_attenti
         return row
     ref = measure(row, "reference", lambda: staged_attention_reference(*inputs), timer)
     outs = {"triton": measure(row, "triton", lambda: staged_attention(*inputs, backend="triton"), timer)}
-    q, pk, pv, _, bk, bv, _ = inputs
+    q, pk, pv, _, bk, bv, _, _ = inputs
     dense, row["status"]["sdpa_dup"] = attempt(lambda: (duplicated_kv(pk, bk, beam_len),
                                                          duplicated_kv(pv, bv, beam_len)))
     if dense is not None:

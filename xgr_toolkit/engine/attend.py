@@ -48,18 +48,21 @@ class DecodeAttend:
         """q: [R*W, H, 1, D]; k, v: [R*W, Hkv, 1, D] (already in the cache) -> [R*W, H, 1, D]."""
         R, W = self.R, self.W
         prompt_k, prompt_v = self.cache.prompt(layer, R, self.P)
-        beam_k, beam_v = self.cache.beams(layer, R)
+        beam_k, beam_v, lineage = self.cache.beams(layer, R)
         out = self.attention(q.reshape(R, W, q.shape[1], -1), prompt_k, prompt_v, self.prompt_len,
-                               beam_k, beam_v, self.beam_len)  # [R, W, H, D]
+                               beam_k, beam_v, self.beam_len, lineage)  # [R, W, H, D]
         return out.reshape(R * W, -1, 1, out.shape[-1])
 
 
 def duplicated_kv_attention(q: torch.Tensor, prompt_k: torch.Tensor, prompt_v: torch.Tensor, prompt_len: torch.Tensor,
-                            beam_k: torch.Tensor, beam_v: torch.Tensor, beam_len: torch.Tensor) -> torch.Tensor:
+                            beam_k: torch.Tensor, beam_v: torch.Tensor, beam_len: torch.Tensor,
+                            beam_src: torch.Tensor) -> torch.Tensor:
     """What a plain engine does (the ablation of the shared prompt KV): copy the prompt KV to every beam,
     then one masked SDPA per beam. Arguments and result as in :func:`~xgr_toolkit.ops.staged_attention`."""
     R, W, H, D = q.shape
     Hkv, P, L = prompt_k.shape[1], prompt_k.shape[2], beam_k.shape[3]
+    src = beam_src[:, :, None, :, None].expand(R, W, Hkv, L, D)
+    beam_k, beam_v = beam_k.gather(1, src), beam_v.gather(1, src)
     k = torch.cat((prompt_k[:, None].expand(R, W, Hkv, P, D), beam_k), dim=3).reshape(R * W, Hkv, P + L, D)
     v = torch.cat((prompt_v[:, None].expand(R, W, Hkv, P, D), beam_v), dim=3).reshape(R * W, Hkv, P + L, D)
     position = torch.arange(P + L, device=q.device)

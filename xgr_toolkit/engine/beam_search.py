@@ -91,8 +91,7 @@ class BeamSearch(nn.Module):
         """Feed the level t-1 codes, choose level t's: t in 1..L-1."""
         scores, keys, codes, parent = state
         R, P = batch.tokens.shape
-        if t >= 2:  # beams chosen by the last step continue their parents' decoded tokens (positions 0..t-2)
-            self.cache.reorder(parent, filled=t - 1)
+        self.cache.reorder(parent, filled=t - 1)  # beams continue their parents' decoded positions 0..t-2
         tokens = self.sid_offset + (t - 1) * self.C + codes  # [R, W]
         positions = batch.prompt_len[:, None] + (t - 1)  # [R, 1] -> the same for every beam
         attend = DecodeAttend(self.cache, t - 1, self.beam_lens[t], batch.prompt_len, R, self.W, P,

@@ -3,7 +3,8 @@
 Buffers are allocated once by :meth:`BeamKVCache.setup`; every later call only writes into them,
 so each decode step sees the same shapes (compile- and CUDA-graph-friendly). The shared prompt
 cache is written only by prefill: beams never copy, fork or gather it. ``reorder`` rewrites only
-the per-beam cache.
+the per-beam cache's lineage: decoded keys stay where their step wrote them, and each beam finds its
+earlier ones through ``lineage`` (staged attention's ``beam_src``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class BeamKVCache(nn.Module):
         beam = (num_layers, requests, beam_width, num_kv_heads, levels, head_dim)
         for name, shape in (("prompt_k", prompt), ("prompt_v", prompt), ("beam_k", beam), ("beam_v", beam)):
             self.register_buffer(name, torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        # lineage[r, w, l]: the beam whose slot holds beam w's position l (written by reorder)
+        self.register_buffer("lineage", torch.zeros(requests, beam_width, levels, dtype=torch.int64, device=device),
+                             persistent=False)
 
     def prompt_slots(self, layer: int, requests: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Where prefill's k and v go: views [R', Hkv, T, D] of the first R' requests and T positions."""
@@ -41,21 +45,23 @@ class BeamKVCache(nn.Module):
                 self.beam_v[layer, :R, :, :, slot].view(R * W, Hkv, 1, D))
 
     def reorder(self, parent: torch.Tensor, filled: int) -> None:
-        """parent: [R', W] int64 non-decreasing per row: beam w now continues beam parent[r, w]; only the
-        first ``filled`` beam positions hold tokens, so only they move.
+        """Before a decode step writes position ``filled``: beam w now continues beam ``parent[r, w]``
+        (parent: [R', W] int64) of the step before, whose first ``filled`` positions it takes over; its
+        position ``filled`` will be its own slot's.
 
-        Only the per-beam cache moves (W x filled tokens a request); the prompt cache is untouched.
+        No key or value moves (W x filled tokens a request and layer would): only the lineage, [R', W, L].
         """
         R, W = parent.shape
-        for buf in (self.beam_k, self.beam_v):
-            held = buf[:, :R, :, :, :filled]  # [layers, R', W, Hkv, filled, D]
-            held.copy_(held.gather(2, parent.view(1, R, W, 1, 1, 1).expand(held.shape)))
+        lineage = self.lineage[:R]
+        if filled:
+            lineage[:, :, :filled] = lineage[:, :, :filled].gather(1, parent[..., None].expand(R, W, filled))
+        lineage[:, :, filled] = torch.arange(W, device=parent.device)
 
     def prompt(self, layer: int, requests: int, prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Views [R', Hkv, P', D] of the shared prompt cache (strided: token-major storage)."""
         return (self.prompt_k[layer, :requests, :prompt_len].transpose(1, 2),
                 self.prompt_v[layer, :requests, :prompt_len].transpose(1, 2))
 
-    def beams(self, layer: int, requests: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Views [R', W, Hkv, L, D] of the per-beam cache."""
-        return self.beam_k[layer, :requests], self.beam_v[layer, :requests]
+    def beams(self, layer: int, requests: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Views [R', W, Hkv, L, D] of the per-beam cache, and the lineage [R', W, L] that reads it."""
+        return self.beam_k[layer, :requests], self.beam_v[layer, :requests], self.lineage[:requests]

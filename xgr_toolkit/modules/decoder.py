@@ -45,6 +45,14 @@ class DecoderLayer(nn.Module):
         x = x + self.dropout(self.self_attn.output(attn))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
+    def handoff(self, x: torch.Tensor, attn: torch.Tensor, following: DecoderLayer, cos: torch.Tensor,
+                sin: torch.Tensor, kv_out: KVOut = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """This layer's block after attention, then the ``following`` layer's block before its attention:
+        one compiled region from one attention to the next, so the residual add that ends this layer and
+        the norm that starts the next are one kernel. -> (x [B, T, hidden], the next (q, k, v))."""
+        x = self.attention_output(x, attn)
+        return x, following.attention_inputs(x, cos, sin, kv_out)
+
 
 class GRDecoder(nn.Module):
     """Llama/Qwen3-style decoder. Parameter names follow Hugging Face's, minus the ``model.`` prefix.
@@ -66,15 +74,20 @@ class GRDecoder(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
 
     def compile_layers(self, **options) -> None:
-        """Regional compilation: ``torch.compile`` each layer's blocks before and after attention.
+        """Regional compilation: ``torch.compile`` the blocks between attentions (``handoff``), the first
+        layer's block before attention and the last layer's block after it.
 
         Every layer runs the same code, so one compiled graph per input shape serves all layers, and
         compile time does not grow with depth. Attention stays outside, so any ``attend`` works
         (cache writes, custom kernels); inside a CUDA graph it costs no launch gaps either.
         """
-        for layer in self.layers:
-            for block in ("attention_inputs", "attention_output"):
-                setattr(layer, block, torch.compile(getattr(layer, block), fullgraph=True, **options))
+        def compiled(fn):
+            return torch.compile(fn, fullgraph=True, **options)
+        first, last = self.layers[0], self.layers[-1]
+        first.attention_inputs = compiled(first.attention_inputs)
+        last.attention_output = compiled(last.attention_output)
+        for layer in self.layers[:-1]:
+            layer.handoff = compiled(layer.handoff)
 
     def fuse_projections(self) -> None:
         """Serving: q/k/v and gate/up each as one product (fewer, wider kernels). Adds those weights once
@@ -95,8 +108,14 @@ class GRDecoder(nn.Module):
             positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
         x = self.dropout(self.embed_tokens(tokens))
         cos, sin = self.rotary(positions, x.dtype)
-        for layer in self.layers:
-            x = layer(x, cos, sin, attend)
+        first = self.layers[0]
+        q, k, v = first.attention_inputs(x, cos, sin, kv_out_of(attend, first.self_attn.layer))
+        for layer, following in zip(self.layers, [*self.layers[1:], None]):
+            attn = attend(layer.self_attn.layer, q, k, v)
+            if following is None:
+                x = layer.attention_output(x, attn)
+            else:
+                x, (q, k, v) = layer.handoff(x, attn, following, cos, sin, kv_out_of(attend, following.self_attn.layer))
         return self.norm(x)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,

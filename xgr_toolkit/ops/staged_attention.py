@@ -7,7 +7,9 @@ by log-sum-exp (natural log), which equals one softmax over the concatenated key
 * shared stage: all W beams x G group heads of request r are the queries of one non-causal pass
   over r's prompt KV of kv head h, masked to ``prompt_len[r]``: a [W*G, P] score matrix per
   (request, kv head), never a copy of the prompt per beam;
-* beam stage: each beam over its own first ``beam_len`` keys;
+* beam stage: each beam over its own first ``beam_len`` keys, position l read from the slot of beam
+  ``beam_src[r, w, l]`` (the beam that decoded it: a beam search never moves decoded keys, it
+  records which beam each surviving beam descends from);
 * merge: ``merge_attention_states``.
 
 ``staged_attention_reference`` is the plain-PyTorch definition (float32 inside); ``staged_attention``
@@ -69,11 +71,14 @@ def _shared_stage(q: torch.Tensor, prompt_k: torch.Tensor, prompt_v: torch.Tenso
     return out, lse.view(R, Hkv, W, G).permute(0, 2, 1, 3).reshape(R, W, H)
 
 
-def _beam_stage(q: torch.Tensor, beam_k: torch.Tensor, beam_v: torch.Tensor,
-                beam_len: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """q: [R, W, H, D] float32; beam_k, beam_v: [R, W, Hkv, L, D] -> (out [R, W, H, D], lse [R, W, H])."""
+def _beam_stage(q: torch.Tensor, beam_k: torch.Tensor, beam_v: torch.Tensor, beam_len: torch.Tensor,
+                beam_src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """q: [R, W, H, D] float32; beam_k, beam_v: [R, W, Hkv, L, D]; beam_src: [R, W, L]
+    -> (out [R, W, H, D], lse [R, W, H])."""
     R, W, H, D = q.shape
     Hkv, L = beam_k.shape[2], beam_k.shape[3]
+    src = beam_src[:, :, None, :, None].expand(R, W, Hkv, L, D)  # each beam's own keys, wherever they lie
+    beam_k, beam_v = beam_k.gather(1, src), beam_v.gather(1, src)
     queries = q.reshape(R, W, Hkv, H // Hkv, D)
     scores = queries @ beam_k.float().transpose(-1, -2) / math.sqrt(D)  # [R, W, Hkv, G, L]
     keep = torch.arange(L, device=q.device) < beam_len  # [L]
@@ -84,17 +89,17 @@ def _beam_stage(q: torch.Tensor, beam_k: torch.Tensor, beam_v: torch.Tensor,
 
 def staged_attention_reference(q: torch.Tensor, prompt_k: torch.Tensor, prompt_v: torch.Tensor,
                                prompt_len: torch.Tensor, beam_k: torch.Tensor, beam_v: torch.Tensor,
-                               beam_len: torch.Tensor) -> torch.Tensor:
+                               beam_len: torch.Tensor, beam_src: torch.Tensor) -> torch.Tensor:
     """The definition of staged attention, in float32 PyTorch. Arguments as in ``staged_attention``."""
     qf = q.float()
     shared_out, shared_lse = _shared_stage(qf, prompt_k, prompt_v, prompt_len)
-    beam_out, beam_lse = _beam_stage(qf, beam_k, beam_v, beam_len)
+    beam_out, beam_lse = _beam_stage(qf, beam_k, beam_v, beam_len, beam_src)
     out, _ = merge_attention_states(shared_out, shared_lse, beam_out, beam_lse)
     return out.to(q.dtype)
 
 
 def staged_attention(q: torch.Tensor, prompt_k: torch.Tensor, prompt_v: torch.Tensor, prompt_len: torch.Tensor,
-                     beam_k: torch.Tensor, beam_v: torch.Tensor, beam_len: torch.Tensor,
+                     beam_k: torch.Tensor, beam_v: torch.Tensor, beam_len: torch.Tensor, beam_src: torch.Tensor,
                      backend: Backend = "auto") -> torch.Tensor:
     """Attention of each beam's new token over its request's valid prompt keys and its own beam keys.
 
@@ -104,8 +109,11 @@ def staged_attention(q: torch.Tensor, prompt_k: torch.Tensor, prompt_v: torch.Te
             padding, never read into the result, whatever they hold (``prompt_len[r] == 0`` is
             allowed: an empty slot).
         prompt_len: [R] int64 device tensor.
-        beam_k, beam_v: [R, W, Hkv, L, D] per-beam cache, the current token's k/v already written.
+        beam_k, beam_v: [R, W, Hkv, L, D] per-beam cache, the current token's k/v already written:
+            ``beam_k[r, w, :, l]`` is position l as decoded by beam w of that step.
         beam_len: 0-d int64 device tensor, ``1 <= beam_len <= L``: valid positions of every beam.
+        beam_src: [R, W, L] int64, values in [0, W): beam w's position l lies in beam ``beam_src[r, w, l]``'s
+            slot (its ancestor at that step; ``arange(W)`` everywhere for a cache that was reordered).
         backend: ``"auto"`` (Triton on CUDA, else PyTorch), ``"torch"`` or ``"triton"`` (also on the
             CPU under ``TRITON_INTERPRET=1``).
 
@@ -115,9 +123,9 @@ def staged_attention(q: torch.Tensor, prompt_k: torch.Tensor, prompt_v: torch.Te
     if backend == "auto":
         backend = "triton" if q.is_cuda else "torch"
     if backend == "torch":
-        return staged_attention_reference(q, prompt_k, prompt_v, prompt_len, beam_k, beam_v, beam_len)
+        return staged_attention_reference(q, prompt_k, prompt_v, prompt_len, beam_k, beam_v, beam_len, beam_src)
     if backend != "triton":
         raise ValueError(f"backend must be 'auto', 'torch' or 'triton'; got {backend!r}")
     # Imported here: Triton decides at import whether its kernels are interpreted (TRITON_INTERPRET).
     from .triton_staged_attention import triton_staged_attention
-    return triton_staged_attention(q, prompt_k, prompt_v, prompt_len, beam_k, beam_v, beam_len)
+    return triton_staged_attention(q, prompt_k, prompt_v, prompt_len, beam_k, beam_v, beam_len, beam_src)

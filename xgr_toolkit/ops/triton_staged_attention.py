@@ -6,8 +6,8 @@ matrix [W*G, D]. Two stages continue one online softmax (base 2), so the log-sum
 in registers and only the final output is written:
 
 * beam stage: for each of the ``beam_len`` positions, the keys of the BW beams that the block's
-  rows belong to form one [BW, D] tile; a matrix product gives [BM, BW] scores of which each row
-  keeps only its own beam's column. Some products are wasted (BW columns for 1), but the tile
+  rows belong to (each read from the slot ``beam_src`` names) form one [BW, D] tile; a matrix
+  product gives [BM, BW] scores of which each row keeps only its own beam's column. Some products are wasted (BW columns for 1), but the tile
   stays in the tensor-core layout of the prompt loop: a per-row gather would keep several more
   [BM, D] float32 tiles live and spill registers.
 * shared stage: a flash-attention pass of the block's rows over r's prompt keys, a loop bounded by
@@ -56,13 +56,14 @@ def _attend_tile(q, kt, v, keep, m_i, l_i, acc, qk_scale, IEEE: tl.constexpr):
 
 @triton.jit
 def _staged_attention_kernel(
-    q_ptr, pk_ptr, pv_ptr, plen_ptr, bk_ptr, bv_ptr, blen_ptr, out_ptr,
+    q_ptr, pk_ptr, pv_ptr, plen_ptr, bk_ptr, bv_ptr, blen_ptr, src_ptr, out_ptr,
     W, P, L, qk_scale,
     sq_r, sq_w, sq_h, sq_d,
     spk_r, spk_h, spk_p, spk_d,
     spv_r, spv_h, spv_p, spv_d,
     sbk_r, sbk_w, sbk_h, sbk_l, sbk_d,
     sbv_r, sbv_w, sbv_h, sbv_l, sbv_d,
+    ssrc_r, ssrc_w, ssrc_l,
     so_r, so_w, so_h, so_d,
     G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
     BLOCK_D: tl.constexpr, IEEE: tl.constexpr,
@@ -84,9 +85,10 @@ def _staged_attention_kernel(
     wb_ok = wb < W
     blen = tl.minimum(tl.load(blen_ptr), L)  # as the reference: positions past L do not exist
     for pos in range(0, blen):
-        kt = tl.load(bk_ptr + r64 * sbk_r + hkv * sbk_h + pos * sbk_l + wb[None, :] * sbk_w + d[:, None] * sbk_d,
+        src = tl.load(src_ptr + r64 * ssrc_r + wb * ssrc_w + pos * ssrc_l, mask=wb_ok, other=0)  # [BW] slots
+        kt = tl.load(bk_ptr + r64 * sbk_r + hkv * sbk_h + pos * sbk_l + src[None, :] * sbk_w + d[:, None] * sbk_d,
                      mask=wb_ok[None, :] & d_ok[:, None], other=0.0)  # [BD, BW]
-        v = tl.load(bv_ptr + r64 * sbv_r + hkv * sbv_h + pos * sbv_l + wb[:, None] * sbv_w + d[None, :] * sbv_d,
+        v = tl.load(bv_ptr + r64 * sbv_r + hkv * sbv_h + pos * sbv_l + src[:, None] * sbv_w + d[None, :] * sbv_d,
                     mask=wb_ok[:, None] & d_ok[None, :], other=0.0)  # [BW, BD]
         own = w[:, None] == wb[None, :]  # [BM, BW] each row keeps its own beam's key
         m_i, l_i, acc = _attend_tile(q, kt, v, own, m_i, l_i, acc, qk_scale, IEEE)
@@ -111,7 +113,8 @@ def _staged_attention_kernel(
 
 def launch_staged_attention(q: torch.Tensor, prompt_k: torch.Tensor, prompt_v: torch.Tensor,
                             prompt_len: torch.Tensor, beam_k: torch.Tensor, beam_v: torch.Tensor,
-                            beam_len: torch.Tensor, block_m: int | None = None, block_n: int | None = None,
+                            beam_len: torch.Tensor, beam_src: torch.Tensor, block_m: int | None = None,
+                            block_n: int | None = None,
                             num_warps: int = 4, num_stages: int | None = None) -> torch.Tensor:
     """Launch the kernel (arguments as in ``staged_attention``); tiles and warps are for tests and tuning.
 
@@ -129,9 +132,10 @@ def launch_staged_attention(q: torch.Tensor, prompt_k: torch.Tensor, prompt_v: t
     block_beams = block_m // G if block_m % G == 0 else block_m // G + 2  # beams a row block touches
     out = torch.empty_like(q)
     _staged_attention_kernel[(triton.cdiv(W * G, block_m), Hkv, R)](
-        q, prompt_k, prompt_v, prompt_len, beam_k, beam_v, beam_len, out,
+        q, prompt_k, prompt_v, prompt_len, beam_k, beam_v, beam_len, beam_src, out,
         W, prompt_k.shape[2], beam_k.shape[3], _LOG2E / math.sqrt(D),
-        *q.stride(), *prompt_k.stride(), *prompt_v.stride(), *beam_k.stride(), *beam_v.stride(), *out.stride(),
+        *q.stride(), *prompt_k.stride(), *prompt_v.stride(), *beam_k.stride(), *beam_v.stride(), *beam_src.stride(),
+        *out.stride(),
         G=G, D=D, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_W=max(16, triton.next_power_of_2(block_beams)),
         BLOCK_D=max(16, triton.next_power_of_2(D)), IEEE=ieee,
         num_warps=num_warps, num_stages=num_stages or (2 if ieee else 3),
@@ -142,11 +146,11 @@ def launch_staged_attention(q: torch.Tensor, prompt_k: torch.Tensor, prompt_v: t
 @torch.library.custom_op("xgr_toolkit::staged_attention", mutates_args=())
 def triton_staged_attention(q: torch.Tensor, prompt_k: torch.Tensor, prompt_v: torch.Tensor,
                             prompt_len: torch.Tensor, beam_k: torch.Tensor, beam_v: torch.Tensor,
-                            beam_len: torch.Tensor) -> torch.Tensor:
+                            beam_len: torch.Tensor, beam_src: torch.Tensor) -> torch.Tensor:
     """Fused staged attention (see ``staged_attention``): [R, W, H, D] in q's dtype."""
-    return launch_staged_attention(q, prompt_k, prompt_v, prompt_len, beam_k, beam_v, beam_len)
+    return launch_staged_attention(q, prompt_k, prompt_v, prompt_len, beam_k, beam_v, beam_len, beam_src)
 
 
 @triton_staged_attention.register_fake
-def _(q, prompt_k, prompt_v, prompt_len, beam_k, beam_v, beam_len):
+def _(q, prompt_k, prompt_v, prompt_len, beam_k, beam_v, beam_len, beam_src):
     return torch.empty_like(q)
