@@ -80,6 +80,20 @@ def test_next_sid_loss_equals_decoder_loss():
     assert torch.allclose(next_sid_loss(decoder, tokens, labels), decoder.loss(tokens, labels), atol=1e-6)
 
 
+def test_label_smoothing_mixes_in_the_mean_over_the_vocabulary():
+    """(1 - e) x cross-entropy + e x the mean negative log-probability over all V tokens, at labelled positions."""
+    catalog = _catalog()
+    cfg = _cfg(catalog)
+    torch.manual_seed(0)
+    decoder = GRDecoder(cfg)
+    tokens, labels = batch_from_items(cfg, catalog, [[1, 2, 3], [9]], [4, 10])
+    log_probs = decoder(tokens).float().log_softmax(-1)[labels != IGNORE_INDEX]  # [M, V]
+    expected = 0.8 * decoder.loss(tokens, labels) + 0.2 * -log_probs.mean()
+    assert torch.allclose(next_sid_loss(decoder, tokens, labels, 0.2), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        TrainConfig(label_smoothing=1.0)
+
+
 def test_warmup_cosine_schedule():
     assert warmup_cosine(0, 10, 100, 0.1) == pytest.approx(0.1)
     assert warmup_cosine(9, 10, 100, 0.1) == pytest.approx(1.0)

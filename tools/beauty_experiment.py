@@ -49,7 +49,7 @@ EMBEDDINGS_FILE = "item_text_embeddings.safetensors"  # beside the data: `xgr si
 # 7 (ours) and 11 (LETTER) of 30, so longer schedules mostly cost time; add "epochs=50" to try.
 DEFAULT_SWEEP = ("base", "dropout=0.3", "layers=6,dropout=0.3", "hidden=384,mlp=1536,dropout=0.3")
 SWEEP_KEYS = ("layers", "hidden", "dropout", "epochs", "lr", "batch-size", "mlp", "heads", "kv-heads",
-              "weight-decay", "warmup-steps", "seed", "patience")  # each is `xgr train --KEY`
+              "weight-decay", "warmup-steps", "label-smoothing", "seed", "patience")  # each is `xgr train --KEY`
 BASE_KEYS = ("layers", "hidden", "dropout", "epochs", "batch-size", "lr")  # always passed
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 

@@ -30,6 +30,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--weight-decay", type=float, default=d.weight_decay)
     opt.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     opt.add_argument("--max-steps", type=int, default=0, help="> 0: stop after this many steps")
+    opt.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
+                     help="of the training loss, in [0, 1) (validation losses stay plain cross-entropy)")
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     opt.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA)")
@@ -47,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     model_cfg = gr_model_config(catalog, args.layers, args.hidden, args.heads, args.kv_heads, args.mlp,
                                 args.max_history, dropout=args.dropout)
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                            weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, seed=args.seed,
+                            weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+                            label_smoothing=args.label_smoothing, seed=args.seed,
                             device=args.device, bf16=args.bf16, max_steps=args.max_steps,
                             keep_best=not args.keep_last, patience=args.patience)
     print(f"data: {len(split)} users; SIDs: {len(catalog)} items, {catalog.levels} levels x {catalog.num_codes} codes; "

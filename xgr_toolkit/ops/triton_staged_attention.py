@@ -7,9 +7,9 @@ in registers and only the final output is written:
 
 * beam stage: for each of the ``beam_len`` positions, the keys of the BW beams that the block's
   rows belong to (each read from the slot ``beam_src`` names) form one [BW, D] tile; a matrix
-  product gives [BM, BW] scores of which each row keeps only its own beam's column. Some products are wasted (BW columns for 1), but the tile
-  stays in the tensor-core layout of the prompt loop: a per-row gather would keep several more
-  [BM, D] float32 tiles live and spill registers.
+  product gives [BM, BW] scores of which each row keeps only its own beam's column. Some products
+  are wasted (BW columns for 1), but the tile stays in the tensor-core layout of the prompt loop: a
+  per-row gather would keep several more [BM, D] float32 tiles live and spill registers.
 * shared stage: a flash-attention pass of the block's rows over r's prompt keys, a loop bounded by
   ``prompt_len[r]`` (read from the device): each prompt tile is read once for all beams of the
   block, never copied per beam.

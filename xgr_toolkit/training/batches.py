@@ -75,10 +75,12 @@ def batch_from_items(cfg: ModelConfig, catalog: ItemCatalog, histories: list[lis
     return batch_from_codes(cfg, flat.view(len(rows), n, catalog.levels), num_items)
 
 
-def next_sid_loss(decoder: GRDecoder, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def next_sid_loss(decoder: GRDecoder, tokens: torch.Tensor, labels: torch.Tensor,
+                  label_smoothing: float = 0.0) -> torch.Tensor:
     """The value of ``decoder.loss(tokens, labels)``, with the vocabulary projection computed only at
-    the labelled positions (L of a sample's T: most of the work of the full loss is saved)."""
+    the labelled positions (L of a sample's T: most of the work of the full loss is saved);
+    ``label_smoothing`` as in ``F.cross_entropy`` (0: the plain loss)."""
     hidden = decoder.hidden_states(tokens)  # [B, T, hidden]
     labelled = labels != IGNORE_INDEX  # [B, T]
     logits = decoder.lm_head(hidden[labelled])  # [M, V]
-    return F.cross_entropy(logits.float(), labels[labelled])
+    return F.cross_entropy(logits.float(), labels[labelled], label_smoothing=label_smoothing)

@@ -31,6 +31,7 @@ class TrainConfig:
     warmup_steps: int = 200
     min_lr_ratio: float = 0.02  # the cosine ends at lr * min_lr_ratio
     grad_clip: float = 1.0
+    label_smoothing: float = 0.0  # of the training loss only; validation losses are plain cross-entropy
     seed: int = 0
     device: str = "cpu"
     bf16: bool = False  # autocast to bfloat16 (CUDA only)
@@ -42,6 +43,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0 or self.warmup_steps < 0:
             raise ValueError(f"epochs, batch_size and lr must be > 0 and warmup_steps >= 0; got {self}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1); got {self.label_smoothing}")
         if self.patience < 0:
             raise ValueError(f"patience must be >= 0 epochs (0: no early stop); got {self.patience}")
         if self.bf16 and not self.device.startswith("cuda"):
@@ -175,7 +178,7 @@ def train_decoder(decoder: GRDecoder, catalog: ItemCatalog, samples: SampleTable
             width = int(host_num_items[host_order[rows]].max())
             tokens, labels = _batch(decoder, table, order[rows], codes, width)  # [B, T] each
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss = next_sid_loss(decoder, tokens, labels)
+                loss = next_sid_loss(decoder, tokens, labels, cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
