@@ -77,8 +77,8 @@ class GRDecoder(nn.Module):
         """Regional compilation: ``torch.compile`` the blocks between attentions (``handoff``), the first
         layer's block before attention and the last layer's block after it.
 
-        Every layer runs the same code, so one compiled graph per input shape serves all layers, and
-        compile time does not grow with depth. Attention stays outside, so any ``attend`` works
+        Every layer runs the same code, so each of the three regions compiles once per input shape for
+        all layers, and compile time does not grow with depth. Attention stays outside, so any ``attend`` works
         (cache writes, custom kernels); inside a CUDA graph it costs no launch gaps either.
         """
         def compiled(fn):
