@@ -63,7 +63,7 @@ def test_output_contract(case):
     n_finite = (valid & (beam_scores[:, :, None] > NEG_INF)).flatten(1).sum(1, keepdim=True)
     assert torch.equal(finite.sum(1, keepdim=True), n_finite.clamp(max=k))
     assert (finite[:, :-1] >= finite[:, 1:]).all()  # padding only at the end
-    assert (parent[:, 1:] >= parent[:, :-1]).all()  # in-place cache reorder relies on this
+    assert (parent[:, 1:] >= parent[:, :-1]).all()  # the new beams stay in SID order
     flat = parent * C + code
     assert ((flat[:, 1:] > flat[:, :-1]) | ~finite[:, 1:]).all()  # distinct, ascending
     assert torch.equal(flat[~finite], torch.full_like(flat[~finite], (Wi - 1) * C))

@@ -3,9 +3,9 @@
 Candidate (b, c) of request r scores ``beam_scores[r, b] + log_probs[r, b, c]`` in float32 where
 ``valid[r, b, c]``, else -inf. The k kept are the first k of the order (score descending, flat index
 ``b * C + c`` ascending), restricted to finite scores, and come back ordered by flat index ascending:
-``parent`` is non-decreasing (the per-beam cache is reordered in place) and the beams stay in SID
-order. When fewer than k candidates are finite, the trailing slots hold score -inf, parent ``Wi - 1``
-and code 0 (the padding keeps ``parent`` non-decreasing and points at a real beam).
+``parent`` is non-decreasing and the beams stay in SID order. When fewer than k candidates are
+finite, the trailing slots hold score -inf, parent ``Wi - 1`` and code 0 (the padding keeps
+``parent`` non-decreasing and points at a real beam, a valid index for the cache's lineage).
 
 ``beam_sort_reference`` is the vectorised PyTorch path: the k-th largest score by ``torch.topk``,
 ties at that score resolved by flat index, and the winners found in flat order by a binary search

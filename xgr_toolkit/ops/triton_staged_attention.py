@@ -114,9 +114,8 @@ def _staged_attention_kernel(
 def launch_staged_attention(q: torch.Tensor, prompt_k: torch.Tensor, prompt_v: torch.Tensor,
                             prompt_len: torch.Tensor, beam_k: torch.Tensor, beam_v: torch.Tensor,
                             beam_len: torch.Tensor, beam_src: torch.Tensor, block_m: int | None = None,
-                            block_n: int | None = None,
-                            num_warps: int = 4, num_stages: int | None = None) -> torch.Tensor:
-    """Launch the kernel (arguments as in ``staged_attention``); tiles and warps are for tests and tuning.
+                            block_n: int | None = None) -> torch.Tensor:
+    """Launch the kernel (arguments as in ``staged_attention``); block sizes are for tests.
 
     Tiles (compiled for sm_90, checked free of register spills): bf16/fp16 64 x 64 with 4 warps;
     float32 (exact "ieee" products, for tests) 32 x 32.
@@ -137,8 +136,7 @@ def launch_staged_attention(q: torch.Tensor, prompt_k: torch.Tensor, prompt_v: t
         *q.stride(), *prompt_k.stride(), *prompt_v.stride(), *beam_k.stride(), *beam_v.stride(), *beam_src.stride(),
         *out.stride(),
         G=G, D=D, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_W=max(16, triton.next_power_of_2(block_beams)),
-        BLOCK_D=max(16, triton.next_power_of_2(D)), IEEE=ieee,
-        num_warps=num_warps, num_stages=num_stages or (2 if ieee else 3),
+        BLOCK_D=max(16, triton.next_power_of_2(D)), IEEE=ieee, num_warps=4, num_stages=2 if ieee else 3,
     )
     return out
 
