@@ -1,5 +1,6 @@
 """The benchmark's arithmetic and its report, on the CPU (the measurements themselves need a GPU)."""
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -22,8 +23,12 @@ def test_request_flops_count_by_hand():
                       sid_offset=2, levels=2, codes=3)  # V = 8
     linear = 4 * (2 + 2) * 2 + 2 * 2 * 4 + 3 * 4 * 8  # q, k, v; o; gate, up, down
     head = 2 * 4 * 8
+    kv = 2 * 4 * 2 * 2  # k and v: hidden 4 -> 2 values each
     flops = request_flops(cfg, prompt=5, beam_width=3)
-    assert flops["prefill"] == 5 * 2 * linear + 2 * 25 * 4 + head
+    # one layer, so the last: k and v of 5 tokens, the rest and the attention of the last one over 5 keys
+    assert flops["prefill"] == 5 * kv + (2 * linear - kv) + 4 * 5 * 4 + head
+    two_layers = dataclasses.replace(cfg, num_layers=2)  # the first takes all 5 tokens, causal attention
+    assert request_flops(two_layers, 5, 3)["prefill"] == flops["prefill"] + 5 * 2 * linear + 2 * 25 * 4
     assert flops["decode"] == 1 * 3 * (2 * linear + 4 * (5 + 2) * 4 + head)
     assert flops["total"] == flops["prefill"] + flops["decode"]
     assert weight_bytes(cfg) == (linear + 4 * 8) * 2

@@ -15,11 +15,17 @@ def _linear_params(cfg: ModelConfig) -> int:
 
 
 def request_flops(cfg: ModelConfig, prompt: int, beam_width: int) -> dict[str, float]:
-    """FLOPs of one request: prefill (P tokens, causal attention, one head row) and decode (L-1 steps of W
-    beam tokens attending to the prompt and their own tokens, a head row each)."""
+    """FLOPs of one request: prefill and decode (L-1 steps of W beam tokens attending to the prompt and
+    their own tokens, a head row each).
+
+    Prefill is what the answer needs: P tokens through every layer but the last, causal attention; in
+    the last only the keys and values of all P, the rest (its attention, MLP, the head) for the last
+    token alone, since the beams need nothing else of the prompt."""
     layers, hd, head = cfg.num_layers, cfg.num_heads * cfg.head_dim, 2 * cfg.hidden_size * cfg.vocab_size
     linear = 2 * _linear_params(cfg) * layers
-    prefill = prompt * linear + 2 * prompt * prompt * hd * layers + head
+    kv = 2 * cfg.hidden_size * 2 * cfg.num_kv_heads * cfg.head_dim  # a token's k and v products, one layer
+    last_layer = prompt * kv + (linear // layers - kv) + 4 * prompt * hd
+    prefill = prompt * linear // layers * (layers - 1) + 2 * prompt * prompt * hd * (layers - 1) + last_layer + head
     steps = cfg.levels - 1
     decode = steps * beam_width * (linear + 4 * (prompt + cfg.levels) * hd * layers + head)
     return {"prefill": float(prefill), "decode": float(decode), "total": float(prefill + decode)}

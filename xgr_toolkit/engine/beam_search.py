@@ -74,8 +74,10 @@ class BeamSearch(nn.Module):
         """Prompt KV -> shared cache; returns the final-normed state after each prompt's last token, [R, hidden]."""
         R, P = batch.tokens.shape
         positions = torch.arange(P, device=batch.tokens.device).expand(R, P)
-        hidden = self.decoder.hidden_states(batch.tokens, positions, PrefillAttend(self.cache, R, P))  # [R, P, hidden]
-        return hidden[torch.arange(R, device=hidden.device), batch.prompt_len - 1]
+        # only the last position's state is wanted: the final layer's MLP skips the other P - 1
+        hidden = self.decoder.hidden_states(batch.tokens, positions, PrefillAttend(self.cache, R, P),
+                                            last=batch.prompt_len - 1)  # [R, 1, hidden]
+        return hidden[:, 0]
 
     def first_step(self, last: torch.Tensor, batch: BeamBatch) -> BeamState:
         """last: [R, hidden] from prefill. One live root beam, plus dead ones where W > C so that W candidates

@@ -15,7 +15,7 @@ from .fused_linear import fused_linear
 from .rms_norm import RMSNorm
 from .rotary import apply_rotary
 
-__all__ = ["AttendFn", "GroupedQueryAttention", "KVOut", "causal_attend", "kv_out_of"]
+__all__ = ["AttendFn", "GroupedQueryAttention", "KVOut", "causal_attend", "causal_attend_at", "kv_out_of"]
 
 # attend(layer, q [B, H, T, D], k [B, Hkv, T, D], v [B, Hkv, T, D]) -> out [B, H, T, D]. A strategy with a KV
 # cache also has kv_out(layer) -> (k, v) views [B, Hkv, T, D] of the cache: the projections write the new k
@@ -32,6 +32,19 @@ def kv_out_of(attend: AttendFn, layer: int) -> KVOut:
 def causal_attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Plain causal attention over the tokens passed in (training, full recompute)."""
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+
+def causal_attend_at(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """Causal attention of one query a row, at ``position``: q [B, H, 1, D]; k, v [B, Hkv, T, D];
+    position [B] -> [B, H, 1, D], row b seeing keys 0..position[b].
+
+    The H // Hkv query heads of a kv head meet the same keys under the same mask, so they go in as that
+    kv head's query rows: no key is repeated, and SDPA's fused kernels take the mask."""
+    B, H, _, D = q.shape
+    Hkv, T = k.shape[1], k.shape[2]
+    keep = torch.arange(T, device=k.device) <= position[:, None]  # [B, T]
+    out = F.scaled_dot_product_attention(q.view(B, Hkv, H // Hkv, D), k, v, attn_mask=keep[:, None, None])
+    return out.view(B, H, 1, D)
 
 
 class GroupedQueryAttention(nn.Module):

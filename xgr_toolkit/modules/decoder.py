@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .attention import AttendFn, GroupedQueryAttention, KVOut, causal_attend, kv_out_of
+from .attention import AttendFn, GroupedQueryAttention, KVOut, causal_attend, causal_attend_at, kv_out_of
 from .mlp import SwiGLU
 from .rms_norm import RMSNorm
 from .rotary import RotaryEmbedding
@@ -102,8 +102,13 @@ class GRDecoder(nn.Module):
         return copy.deepcopy(self, memo={id(t): t for t in (*self.parameters(), *self.buffers())})
 
     def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
-                      attend: AttendFn = causal_attend) -> torch.Tensor:
-        """tokens: [B, T]; positions: [B, T] (default 0..T-1) -> final-normed states [B, T, hidden]."""
+                      attend: AttendFn = causal_attend, last: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens: [B, T]; positions: [B, T] (default 0..T-1) -> final-normed states [B, T, hidden].
+
+        last: [B], for causal attention over the tokens passed (training's, prefill's): the one position of
+        each row whose state is wanted -> [B, 1, hidden]. The final layer still makes every position's keys
+        and values (``attend``'s cache gets them all), but attends and runs its MLP for that position only.
+        """
         if positions is None:
             positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
         x = self.dropout(self.embed_tokens(tokens))
@@ -111,7 +116,12 @@ class GRDecoder(nn.Module):
         first = self.layers[0]
         q, k, v = first.attention_inputs(x, cos, sin, kv_out_of(attend, first.self_attn.layer))
         for layer, following in zip(self.layers, [*self.layers[1:], None]):
-            attn = attend(layer.self_attn.layer, q, k, v)
+            if following is None and last is not None:
+                rows = torch.arange(x.shape[0], device=x.device)
+                x, q = x[rows, last][:, None], q[rows, :, last][:, :, None]  # [B, 1, hidden], [B, H, 1, D]
+                attn = causal_attend_at(q, k, v, last)
+            else:
+                attn = attend(layer.self_attn.layer, q, k, v)
             if following is None:
                 x = layer.attention_output(x, attn)
             else:
