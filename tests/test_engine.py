@@ -3,6 +3,7 @@
 import gc
 import json
 import weakref
+from contextlib import closing
 
 import pytest
 import torch
@@ -32,20 +33,20 @@ def test_each_ablation_still_equals_reference(ablation):
 def test_compiled_engine_equals_reference_on_the_cpu():
     """torch.compile'd layers and head (the GPU's code path minus CUDA graphs), every bucket warmed up."""
     model, requests = random_case(3, ServeConfig(prompt_buckets=[40], max_batch=2, compile=True))
-    engine = GREngine(model)
-    engine.warmup()
-    assert_same_items(ReferenceEngine(model).recommend(requests), engine.recommend(requests))
+    with closing(GREngine(model)) as engine:  # closed: warm-up's frozen collector thawed for later tests
+        engine.warmup()
+        assert_same_items(ReferenceEngine(model).recommend(requests), engine.recommend(requests))
 
 
 def test_a_compiled_engine_without_graphs_compiles_nothing_after_warm_up():
     """Batches are padded to the warmed-up buckets also without CUDA graphs (the "no CUDA graphs"
     ablation compiles): a batch of 3 must not compile a shape of its own."""
     model, requests = random_case(3, ServeConfig(prompt_buckets=[8, 40], max_batch=4, compile=True))
-    engine = GREngine(model)
-    engine.warmup()
-    graphs = counters["stats"]["unique_graphs"]
-    for size in (1, 2, 3, 4):
-        assert_same_items(ReferenceEngine(model).recommend(requests[:size]), engine.recommend(requests[:size]))
+    with closing(GREngine(model)) as engine:
+        engine.warmup()
+        graphs = counters["stats"]["unique_graphs"]
+        for size in (1, 2, 3, 4):
+            assert_same_items(ReferenceEngine(model).recommend(requests[:size]), engine.recommend(requests[:size]))
     assert counters["stats"]["unique_graphs"] == graphs
 
 
@@ -65,12 +66,8 @@ def test_a_closed_engine_is_freed_although_warm_up_froze_the_collector():
 
 def test_submit_batches_in_the_background_and_answers_each_request():
     model, requests = random_case(2, ServeConfig(prompt_buckets=[40], max_batch=3, max_wait_ms=20))
-    engine = GREngine(model)
-    futures = [engine.submit(r) for r in requests]
-    try:
-        got = [f.result(timeout=60) for f in futures]
-    finally:
-        engine.close()
+    with closing(GREngine(model)) as engine:
+        got = [f.result(timeout=60) for f in [engine.submit(r) for r in requests]]
     assert_same_items(ReferenceEngine(model).recommend(requests), got)
 
 

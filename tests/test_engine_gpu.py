@@ -1,5 +1,7 @@
 """On a CUDA GPU: the compiled, graph-replayed engine == the reference, and it never recompiles."""
 
+from contextlib import closing
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -26,20 +28,18 @@ def _on_cuda(model):
 def test_gpu_engine_float32_equals_reference(seed, serve):
     model, requests = random_case(seed, serve, requests=9)
     expected = ReferenceEngine(model).recommend(requests)
-    engine = GREngine(_on_cuda(model))
-    engine.warmup()
-    assert_same_items(expected, engine.recommend(requests))
+    with closing(GREngine(_on_cuda(model))) as engine:
+        engine.warmup()
+        assert_same_items(expected, engine.recommend(requests))
 
 
 def test_no_recompiles_or_skipped_graphs_after_warmup():
     model, requests = random_case(5, COMPILED, requests=16)
-    engine = GREngine(_on_cuda(model))
-    engine.warmup()
-    graphs, skips = counters["stats"]["unique_graphs"], counters["inductor"]["cudagraph_skips"]
-    for size in (1, 2, 3, 4, 7, 16):  # every batch bucket, both prompt buckets, overlapped launches
-        engine.recommend(requests[:size])
-    futures = [engine.submit(r) for r in requests]
-    [f.result(timeout=60) for f in futures]
-    engine.close()
+    with closing(GREngine(_on_cuda(model))) as engine:
+        engine.warmup()
+        graphs, skips = counters["stats"]["unique_graphs"], counters["inductor"]["cudagraph_skips"]
+        for size in (1, 2, 3, 4, 7, 16):  # every batch bucket, both prompt buckets, overlapped launches
+            engine.recommend(requests[:size])
+        [f.result(timeout=60) for f in [engine.submit(r) for r in requests]]
     assert counters["stats"]["unique_graphs"] == graphs, "a bucket recompiled after warm-up"
     assert counters["inductor"]["cudagraph_skips"] == skips == 0
