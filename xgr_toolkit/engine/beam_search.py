@@ -74,7 +74,7 @@ class BeamSearch(nn.Module):
         """Prompt KV -> shared cache; returns the final-normed state after each prompt's last token, [R, hidden]."""
         R, P = batch.tokens.shape
         positions = torch.arange(P, device=batch.tokens.device).expand(R, P)
-        # only the last position's state is wanted: the final layer's MLP skips the other P - 1
+        # only the last position's state is wanted: the final layer attends and runs its MLP for it alone
         hidden = self.decoder.hidden_states(batch.tokens, positions, PrefillAttend(self.cache, R, P),
                                             last=batch.prompt_len - 1)  # [R, 1, hidden]
         return hidden[:, 0]

@@ -39,11 +39,11 @@ def causal_attend_at(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     position [B] -> [B, H, 1, D], row b seeing keys 0..position[b].
 
     The H // Hkv query heads of a kv head meet the same keys under the same mask, so they go in as that
-    kv head's query rows: no key is repeated, and SDPA's fused kernels take the mask."""
+    kv head's query rows: no key is repeated, and without ``enable_gqa`` SDPA's fused kernels take a mask."""
     B, H, _, D = q.shape
     Hkv, T = k.shape[1], k.shape[2]
     keep = torch.arange(T, device=k.device) <= position[:, None]  # [B, T]
-    out = F.scaled_dot_product_attention(q.view(B, Hkv, H // Hkv, D), k, v, attn_mask=keep[:, None, None])
+    out = F.scaled_dot_product_attention(q.reshape(B, Hkv, H // Hkv, D), k, v, attn_mask=keep[:, None, None])
     return out.view(B, H, 1, D)
 
 
