@@ -1,5 +1,7 @@
 """The decoder's building blocks, its training forward, and the model directory round trip."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -46,13 +48,14 @@ def test_decoder_is_causal(small_cfg):
 
 def test_last_position_state_is_that_of_the_full_forward(small_cfg):
     """Prefill's shortcut: only each row's ``last`` position through the final layer's attention and MLP."""
-    assert small_cfg.num_heads > small_cfg.num_kv_heads  # the grouped heads go in as query rows
-    decoder = random_decoder(small_cfg, seed=4)
-    tokens = torch.randint(0, small_cfg.vocab_size, (3, 9), generator=torch.Generator().manual_seed(4))
+    cfg = dataclasses.replace(small_cfg, num_layers=3)  # a first layer, a handoff, then the last
+    assert cfg.num_heads > cfg.num_kv_heads  # the grouped heads go in as query rows
+    decoder = random_decoder(cfg, seed=4)
+    tokens = torch.randint(0, cfg.vocab_size, (3, 9), generator=torch.Generator().manual_seed(4))
     last = torch.tensor([8, 0, 4])  # a full row, a one-token row and a right-padded one
     with torch.no_grad():
         full, shortcut = decoder.hidden_states(tokens), decoder.hidden_states(tokens, last=last)
-    assert shortcut.shape == (3, 1, small_cfg.hidden_size)
+    assert shortcut.shape == (3, 1, cfg.hidden_size)
     torch.testing.assert_close(shortcut[:, 0], full[torch.arange(3), last], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(shortcut[:, 0], full[:, -1], rtol=1e-3, atol=1e-3)  # each row's own position
 
