@@ -44,7 +44,7 @@ def causal_attend_at(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     Hkv, T = k.shape[1], k.shape[2]
     keep = torch.arange(T, device=k.device) <= position[:, None]  # [B, T]
     out = F.scaled_dot_product_attention(q.reshape(B, Hkv, H // Hkv, D), k, v, attn_mask=keep[:, None, None])
-    return out.view(B, H, 1, D)
+    return out.reshape(B, H, 1, D)  # SDPA on CUDA hands back [B, G, Hkv, D] in memory: no view
 
 
 class GroupedQueryAttention(nn.Module):
