@@ -7,6 +7,7 @@ then ``TRAILING_CONTEXT`` more context tokens. Pad and eos are context tokens, n
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import subprocess
 import sys
@@ -160,3 +161,42 @@ def run_triton_interpreted():
             env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0 and " passed" in result.stdout, result.stdout + result.stderr
     return run
+
+
+def _strided_like_cuda(out: torch.Tensor) -> torch.Tensor:
+    """The same values in the layout CUDA's fused SDPA kernels hand back: [B, H, T, D] stored as [B, T, H, D]."""
+    return out.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def _column_major(out: torch.Tensor) -> torch.Tensor:
+    """The same values with every dimension's order reversed in memory: no two dimensions can be merged."""
+    order = tuple(reversed(range(out.dim())))
+    return out.permute(order).contiguous().permute(order)
+
+
+@pytest.fixture(params=[_strided_like_cuda, _column_major], ids=["cuda-sdpa-layout", "column-major"])
+def noncontiguous_attention(request, monkeypatch):
+    """``switch_on()``: from then on every attention kernel hands back its output in a non-contiguous layout
+    of the same values, as CUDA's SDPA does where the CPU's is contiguous, so a ``.view`` where a ``.reshape``
+    is needed fails here, on the CPU, instead of only on a GPU. Wraps SDPA, the staged-attention dispatch
+    the engine calls, and the staged-attention reference's softmax-times-values product; returns the
+    number of calls of each, so a test can assert its path went through them."""
+    from xgr_toolkit.engine import attend
+    staged = importlib.import_module("xgr_toolkit.ops.staged_attention")  # the module, not its function
+
+    relayout, calls = request.param, {"sdpa": 0, "staged": 0, "reference": 0}
+
+    def wrapped(name, fn):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            out = fn(*args, **kwargs)
+            return relayout(out) if isinstance(out, torch.Tensor) else (relayout(out[0]), *out[1:])
+        return call
+
+    def switch_on() -> dict[str, int]:
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                            wrapped("sdpa", torch.nn.functional.scaled_dot_product_attention))
+        monkeypatch.setattr(attend, "staged_attention", wrapped("staged", attend.staged_attention))
+        monkeypatch.setattr(staged, "_masked_softmax_attend", wrapped("reference", staged._masked_softmax_attend))
+        return calls
+    return switch_on

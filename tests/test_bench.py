@@ -35,22 +35,40 @@ def test_request_flops_count_by_hand():
 
 
 @pytest.mark.parametrize("holds_up_to", [300.0, 1000.0, 2_000.0])
-def test_throughput_search_finds_the_highest_rate_that_holds(monkeypatch, holds_up_to):
-    """A simulated server whose P99 holds up to ``holds_up_to`` req/s, the GPU's capacity 1,000 req/s."""
+@pytest.mark.parametrize("long_points_hold", [1.0, 0.93], ids=["long-points-hold", "long-points-need-10pc-less"])
+def test_throughput_search_finds_the_highest_rate_that_holds(monkeypatch, holds_up_to, long_points_hold):
+    """A simulated server whose P99 holds up to ``holds_up_to`` req/s in short points, and up to
+    ``long_points_hold`` of that in points of 1,000 requests or more; the GPU's capacity 1,000 req/s."""
     rates = []
 
     def open_loop(submit, requests, rate, seconds):
         rates.append(rate)
-        return {"arrival_rps": rate, "p99_ms": 50.0 if rate <= holds_up_to else 900.0}
+        count = int(rate * seconds)
+        limit = holds_up_to * (long_points_hold if count >= 1000 else 1.0)
+        return {"arrival_rps": rate, "requests": count, "p99_ms": 50.0 if rate <= limit else 900.0}
 
     monkeypatch.setattr(bench_run, "open_loop", open_loop)
     engine = SimpleNamespace(capacity_rps=lambda prompt_len: 1000.0, submit=None)
-    found = bench_run._throughput_at_limit(engine, [SimpleNamespace(prompt=(1, 2))], 1.0, points=8)
-    if holds_up_to >= 1000:  # the capacity holds: one point, nothing to search
-        assert rates == [1000.0] and found["max_rps_at_p99_limit"] == 1000.0
-    else:
-        assert holds_up_to * (1 - 2**-6) <= found["max_rps_at_p99_limit"] <= holds_up_to
-        assert len(rates) == 8
+    found = bench_run._throughput_at_limit(engine, [SimpleNamespace(prompt=(1, 2))], 0.5, points=8)  # short
+    searched = 1 if holds_up_to >= 1000 else 8  # the capacity holds: one point, nothing to search
+    held = max(r for r in rates[:searched] if r <= holds_up_to)
+    if holds_up_to < 1000:
+        assert holds_up_to * (1 - 2**-6) <= held
+    confirming = rates[searched:]  # held, then 5% less each time a long point fails
+    assert confirming == pytest.approx([held * 0.95**k for k in range(len(confirming))])
+    assert confirming[-1] <= holds_up_to * long_points_hold and all(
+        r > holds_up_to * long_points_hold for r in confirming[:-1])
+    assert found["max_rps_at_p99_limit"] == confirming[-1] == found["confirmed"]["arrival_rps"]
+    assert found["confirmed"]["requests"] >= bench_run.CONFIRM_REQUESTS
+
+
+def test_throughput_search_reports_no_rate_where_even_confirmation_fails(monkeypatch):
+    monkeypatch.setattr(bench_run, "open_loop", lambda submit, requests, rate, seconds: {
+        "arrival_rps": rate, "requests": int(rate * seconds), "p99_ms": 50.0 if rate * seconds < 1000 else 900.0})
+    engine = SimpleNamespace(capacity_rps=lambda prompt_len: 100.0, submit=None)
+    found = bench_run._throughput_at_limit(engine, [SimpleNamespace(prompt=(1, 2))], 1.0)
+    assert found["max_rps_at_p99_limit"] == 0.0 and found["confirmed"] is None
+    assert len(found["sweep"]) == 1 + bench_run.CONFIRM_TRIES
 
 
 def test_percentiles_are_nearest_rank():
@@ -67,6 +85,7 @@ def _system(p50, rps):
 def test_markdown_table_is_generated_from_the_json(tmp_path):
     meta = {"gpu": "GPU-X", "torch": "9.9", "command": "xgr bench tiny"}
     workload = {"meta": meta, "xgr": {**_system(3.0, 500.0), "max_rps_at_p99_limit": 450.0,
+                                       "confirmed": {"requests": 1234, "p99_ms": 150.0},
                                        "gpu_ms_per_batch": {"R1": 0.5}},
                 "ablations": {"no compile": _system(4.0, 400.0), "no shared prompt KV": {"error": "out of memory"}},
                 "hf": {"c1": {"p50_ms": 20.0, "p99_ms": 22.0}, "best_rps": 50.0}, "speedup_vs_hf": 10.0,
@@ -78,6 +97,7 @@ def test_markdown_table_is_generated_from_the_json(tmp_path):
                                           {"value": 1024, "error": "out of memory"}]}}
     results = {"workloads": {"tiny": workload}}
     table = markdown_table(results)
+    assert "| 450.0 | open loop: 1,234 requests, P99 150.0 ms |" in table
     assert "GPU-X" in table and "| tiny | no shared prompt KV |" in table and "out of memory" in table
     assert "| tiny | 10.0x | 25.0% |" in table and "R1: 0.50" in table and "99.0%" in table and "| 2.50 |" in table
     assert "| tiny | 1 | prefill + level 0 1.00, decode level 1 0.25 | 99 | matrix product 0.75 |" in table
@@ -87,6 +107,14 @@ def test_markdown_table_is_generated_from_the_json(tmp_path):
     (tmp_path / "bench.json").write_text(json.dumps(results))
     write_markdown(tmp_path / "bench.json", tmp_path / "benchmarks.md")
     assert table in (tmp_path / "benchmarks.md").read_text()
+
+
+def test_published_anchor_workloads_have_their_shapes():
+    onerec, beams = WORKLOADS["onerec"].model_config(), WORKLOADS["beams-5k"].model_config()
+    assert (onerec.levels, onerec.codes, onerec.vocab_size, onerec.hidden_size) == (4, 8192, 1024 + 4 * 8192, 2048)
+    assert onerec.max_prompt_tokens >= 2465 and WORKLOADS["onerec"].catalog_items == 1_500_000
+    assert (beams.levels, beams.vocab_size, beams.hidden_size, WORKLOADS["beams-5k"].beam_width) == (
+        3, 1024 + 3 * 8192, 1024, 5000)
 
 
 def test_the_benchmark_workload_set_up_answers_as_the_reference_on_the_cpu():

@@ -29,7 +29,7 @@ def dense_attention(q, prompt_k, prompt_v, prompt_len, beam_k, beam_v, beam_len,
     mask = keep[:, None].expand(R, W, P + L).reshape(R * W, 1, 1, P + L)
     out = F.scaled_dot_product_attention(q.reshape(R * W, H, 1, D).float(), per_beam(prompt_k, beam_k),
                                          per_beam(prompt_v, beam_v), attn_mask=mask, enable_gqa=True)
-    return out.view(R, W, H, D).to(q.dtype)
+    return out.reshape(R, W, H, D).to(q.dtype)
 
 
 @st.composite

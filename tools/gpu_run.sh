@@ -18,10 +18,12 @@ for stage in "$@"; do
     tests) python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 ;;
     core) timeout ${CORE_TIMEOUT:-300} python3 tools/bench_core.py 2>&1 | tee "$OUT/core.log" | tail -40
           cp docs/benchmarks/core_microbench.* "$OUT"/ 2>/dev/null ;;
-    bench:*) python3 -m xgr_toolkit bench $(echo ${stage#bench:} | tr , " ") ${BENCH_ARGS:-} --append \
-               2>&1 | tee "$OUT/bench.log" | tail -40
-             cp docs/benchmarks/bench.json docs/benchmarks/bench.png docs/benchmarks/sweeps.png docs/benchmarks.md \
-               "$OUT"/ 2>/dev/null ;;
+    bench:*) # into $OUT/b (what a killed call wrote still comes back), added to docs/benchmarks/bench.json
+             # unless BENCH_FRESH is set
+             mkdir -p "$OUT/b"
+             [ -z "${BENCH_FRESH:-}" ] && cp docs/benchmarks/bench.json "$OUT/b/" 2>/dev/null
+             python3 -m xgr_toolkit bench $(echo ${stage#bench:} | tr , " ") ${BENCH_ARGS:-} --append --out "$OUT/b" \
+               2>&1 | tee "$OUT/bench.log" | grep -v "it/s\]" | tail -40 ;;
     cold:*) python3 tools/cold_start.py --device cuda --workloads $(echo ${stage#cold:} | tr , " ") --append \
               2>&1 | tee "$OUT/cold_start.log" | tail -20
             cp docs/benchmarks/cold_start.json docs/benchmarks/cold_start.png "$OUT"/ 2>/dev/null ;;

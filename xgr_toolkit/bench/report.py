@@ -23,9 +23,12 @@ def markdown_table(results: dict) -> str:
             if "error" in s:
                 lines.append(f"| {name} | {system} | | | | | | | {s['error']} |")
                 continue
+            confirmed = s.get("confirmed")
+            note = (f"open loop: {confirmed['requests']:,} requests, P99 {_fmt(confirmed['p99_ms'])} ms"
+                    if confirmed else "")
             lines.append(f"| {name} | {system} | {_fmt(s['c1']['p50_ms'])} | {_fmt(s['c1']['p99_ms'])} | "
                          f"{_fmt(s['c4']['p50_ms'])} | {_fmt(s['c4']['p99_ms'])} | {_fmt(s['c4']['throughput_rps'])} "
-                         f"| {_fmt(s.get('max_rps_at_p99_limit'))} | |")
+                         f"| {_fmt(s.get('max_rps_at_p99_limit'))} | {note} |")
         hf = w.get("hf")
         if hf:
             c1 = hf.get("c1", {})

@@ -27,9 +27,12 @@ class Workload:
     top_k: int  # items returned
     catalog_items: int  # N
     max_batch: int  # the largest batch bucket
+    levels: int = 3  # L, SID levels (the preset's 3 unless the workload says otherwise)
 
     def model_config(self) -> ModelConfig:
         cfg = preset(self.model)
+        if self.levels != cfg.levels:  # vocab_size 0: derived again for the new number of levels
+            cfg = dataclasses.replace(cfg, levels=self.levels, vocab_size=0)
         cfg.max_prompt_tokens = max(cfg.max_prompt_tokens, self.prompt_tokens)
         return cfg
 
@@ -39,6 +42,8 @@ WORKLOADS = {w.name: w for w in (
     Workload("hf-comparable", "qwen3-0.6b-gr", 512, 128, 128, 1_000_000, 32),
     Workload("wide", "qwen3-0.6b-gr", 1024, 512, 512, 1_000_000, 8),
     Workload("long", "qwen3-1.7b-gr", 5000, 256, 256, 1_000_000, 4),
+    Workload("onerec", "qwen3-1.7b-gr", 2465, 1000, 1000, 1_500_000, 4, levels=4),
+    Workload("beams-5k", "qwen3-0.6b-gr", 512, 5000, 5000, 1_000_000, 4),
 )}
 
 

@@ -100,4 +100,4 @@ def duplicated_kv_attention(q: torch.Tensor, prompt_k: torch.Tensor, prompt_v: t
     # heads repeated as HF's repeat_kv does: SDPA's fused kernels take a mask only without enable_gqa
     k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)
     out = F.scaled_dot_product_attention(q.reshape(R * W, H, 1, D), k, v, attn_mask=mask)
-    return out.view(R, W, H, D)
+    return out.reshape(R, W, H, D)

@@ -48,7 +48,7 @@ def causal_attend_at(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     # query rows of a kv head: (head in group, t), so the mask repeats over the group
     mask = keep[:, None] if T == 1 else keep.repeat(1, G, 1)[:, None]  # [B, 1, 1 or G*T, K]
     out = F.scaled_dot_product_attention(q.reshape(B, Hkv, G * T, D), k, v, attn_mask=mask)
-    return out.reshape(B, H, T, D)
+    return out.reshape(B, H, T, D)  # SDPA on CUDA hands back [B, G*T, Hkv, D] in memory: no view
 
 
 def attend_last(attend: AttendFn, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
