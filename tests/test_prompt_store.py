@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from xgr_toolkit import ConfigError, ServeConfig
-from xgr_toolkit.engine import BeamKVCache, GREngine
-from xgr_toolkit.engine.prompt_store import PromptStore
+from xgr_toolkit.engine import BeamKVCache, GREngine, PromptStore
 from xgr_toolkit.engines import ReferenceEngine
 from xgr_toolkit.request import RecRequest
 
