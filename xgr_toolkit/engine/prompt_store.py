@@ -115,9 +115,9 @@ class PromptStore:
         is ``prompt_bucket``) that covers every row's uncached rest, from start = min(cached, P - S).
         -> (S, the plan, the lease to release once the device has finished the batch).
         """
-        P, scratch = prompt_bucket, self.scratch
-        read = torch.full((slots, P // self.block), scratch, dtype=torch.int64)
-        write = read.clone()
+        P = prompt_bucket
+        read = np.full((slots, P // self.block), self.scratch, dtype=np.int64)  # numpy: element writes cost ~0.1 us
+        write = read.copy()
         lease, written, cached = Lease(), set(), []
         for r, prompt in enumerate(prompts):
             hits, reusable = 0, (len(prompt) - 1) // self.block
@@ -140,11 +140,11 @@ class PromptStore:
             cached.append(hits * self.block)
         need = max((len(p) - c for p, c in zip(prompts, cached)), default=1)
         suffix = next(s for s in suffix_buckets if s >= need)
-        start = torch.zeros(slots, dtype=torch.int64)
-        start[:len(prompts)] = torch.tensor(cached, dtype=torch.int64).clamp(max=P - suffix)
+        start = np.zeros(slots, dtype=np.int64)
+        start[:len(prompts)] = np.minimum(cached, P - suffix)
         self.hit_tokens += int(start.sum())
         self.prompt_tokens += sum(len(p) for p in prompts)
-        return suffix, BlockPlan(start, read, write), lease
+        return suffix, BlockPlan(*map(torch.from_numpy, (start, read, write))), lease
 
     def empty_plan(self, slots: int, prompt_bucket: int) -> BlockPlan:
         """A plan that reads and writes only scratch (warm-up)."""
