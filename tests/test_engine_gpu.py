@@ -68,8 +68,9 @@ def _returning_rounds(model, requests, seed: int) -> list[list]:
     return [requests, requests, extended, diverged, excluded]
 
 
-@pytest.mark.parametrize("serve", [REUSE, dataclasses.replace(REUSE, compile=False, cuda_graphs=False)],
-                         ids=["compiled+graphs", "eager"])
+@pytest.mark.parametrize("serve", [REUSE, dataclasses.replace(REUSE, compile=False, cuda_graphs=False),
+                                   dataclasses.replace(REUSE, prompt_buckets=[40], prefix_cache_suffixes=[4, 12])],
+                         ids=["compiled+graphs", "eager", "compiled+graphs, suffix lengths of their own"])
 @pytest.mark.parametrize("seed", range(4))
 def test_gpu_engine_with_prompt_reuse_equals_reference(seed, serve):
     model, requests = random_case(seed, serve, requests=9)

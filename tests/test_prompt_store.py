@@ -157,6 +157,8 @@ def test_bad_store_config_is_a_config_error_naming_the_key(kwargs, key):
     (dict(prefix_cache_bytes=-1), "serve.prefix_cache_bytes"),
     (dict(prefix_cache_block=0), "serve.prefix_cache_block"),
     (dict(prefix_cache_bytes=1 << 20, prefix_cache_block=16, prompt_buckets=[16, 40]), "serve.prefix_cache_block"),
+    (dict(prefix_cache_suffixes=[8, 4]), "serve.prefix_cache_suffixes"),
+    (dict(prefix_cache_suffixes=[0, 4]), "serve.prefix_cache_suffixes"),
 ])
 def test_bad_serve_config_is_a_config_error_naming_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):
@@ -286,6 +288,19 @@ def test_a_store_full_of_other_users_blocks():
     assert engine.prefix_cache_stats()["evictions"] > 0  # full
     users = [_like(r, _random_prompt(rng, vocab, rng.randint(5, 30))) for r in requests]
     _rounds_equal_reference(model, [users, users, [_like(u, u.prompt + (3, 4, 5)) for u in users]], engine)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_suffix_lengths_of_their_own_beside_a_single_prompt_bucket(seed):
+    """``serve.prefix_cache_suffixes``: one prompt bucket (as the benchmark's workloads have), returning users
+    prefilled in 4 or 12 positions (not multiples of the block)."""
+    model, requests = random_case(seed, ServeConfig(prompt_buckets=[40], max_batch=4, prefix_cache_bytes=1 << 20,
+                                                    prefix_cache_block=8, prefix_cache_suffixes=[4, 12]))
+    assert GREngine(model).suffix_buckets(40) == [4, 12, 40]
+    rng, vocab = random.Random(seed), model.config.model.vocab_size
+    users = [_like(r, _random_prompt(rng, vocab, rng.randint(9, 36))) for r in requests]
+    rounds = [users, users, [_like(u, u.prompt + _random_prompt(rng, vocab, 3)) for u in users]]
+    assert _rounds_equal_reference(model, rounds).prefix_cache_stats()["hit_tokens"] > 0
 
 
 @pytest.mark.parametrize("ablation", ["shared_prompt_kv", "masked_sorter"])

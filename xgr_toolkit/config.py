@@ -142,6 +142,8 @@ class ServeConfig:
     # prefilled again. Off (0 bytes) by default until it is measured on a GPU.
     prefix_cache_bytes: int = 0  # device memory for cached prompt KV blocks; 0: off
     prefix_cache_block: int = 16  # tokens a block; must divide every prompt bucket
+    # prefill lengths of a batch of returning users (the uncached rest, rounded up); empty: the prompt buckets
+    prefix_cache_suffixes: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -160,6 +162,10 @@ class ServeConfig:
         if not buckets or buckets != sorted(set(buckets)) or buckets[0] < 1:
             raise ConfigError("serve.prompt_buckets", buckets,
                               "a non-empty, strictly increasing list of integers >= 1")
+        suffixes = list(self.prefix_cache_suffixes)
+        if suffixes != sorted(set(suffixes)) or (suffixes and suffixes[0] < 1):
+            raise ConfigError("serve.prefix_cache_suffixes", suffixes,
+                              "a strictly increasing list of integers >= 1 (empty: the prompt buckets)")
         if self.prefix_cache_bytes and any(b % self.prefix_cache_block for b in buckets):
             raise ConfigError("serve.prefix_cache_block", self.prefix_cache_block,
                               f"a divisor of every serve.prompt_buckets entry {buckets} (the store is on)")

@@ -119,7 +119,8 @@ class GREngine:
         [R, P], decode [R*W, 1] and, with the prompt store, a suffix's prefill [R, S] (its k and v written
         outside the region); the head's log-probabilities one per (batch bucket, level)."""
         cfg = self.model.config.model
-        shapes = len(self.batch_buckets) * max(2 * len(self.prompt_buckets) + 1, cfg.levels)
+        suffixes = len(self.serve.prefix_cache_suffixes or self.prompt_buckets)
+        shapes = len(self.batch_buckets) * max(len(self.prompt_buckets) + suffixes + 1, cfg.levels)
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * shapes)
         decoder.compile_layers(dynamic=False)
 
@@ -144,9 +145,13 @@ class GREngine:
                 next(b for b in self.prompt_buckets if b >= prompt_len))
 
     def suffix_buckets(self, prompt_bucket: int) -> list[int]:
-        """The prefill lengths S a batch of prompt bucket P may run: P, and with the prompt store every
-        smaller prompt bucket (the uncached rest of the longest prompt, rounded up)."""
-        return [b for b in self.prompt_buckets if b <= prompt_bucket] if self.store else [prompt_bucket]
+        """The prefill lengths S a batch of prompt bucket P may run: P, and with the prompt store each smaller
+        one of ``serve.prefix_cache_suffixes`` (default: the prompt buckets); a batch takes the smallest that
+        covers the uncached rest of each of its prompts."""
+        if self.store is None:
+            return [prompt_bucket]
+        return sorted({s for s in self.serve.prefix_cache_suffixes or self.prompt_buckets if s < prompt_bucket}
+                      | {prompt_bucket})
 
     # ---- warm-up: compile every bucket, capture every graph ------------------------------------
     def warmup(self) -> None:
