@@ -112,3 +112,8 @@ class XGRHandler:
         add("xgr_requests_total", stats.batch_size, "count", MetricTypes.COUNTER)
         add("xgr_rejected_requests_total", stats.rejected, "count", MetricTypes.COUNTER)
         add("xgr_failed_requests_total", stats.failed, "count", MetricTypes.COUNTER)
+        for name, value in stats.prefix_cache.items():  # the engine's prompt store, where it has one
+            if name in ("bytes_held", "hit_ratio"):
+                add(f"xgr_prefix_cache_{name}", value, "B" if name == "bytes_held" else "", MetricTypes.GAUGE)
+            else:
+                add(f"xgr_prefix_cache_{name}_total", value, "count", MetricTypes.COUNTER)

@@ -93,3 +93,21 @@ def test_engine_end_to_end(serve, noncontiguous_attention):
     decode_kernel = "staged" if serve.shared_prompt_kv else "sdpa"
     assert calls["sdpa"] > 0 and calls[decode_kernel] > 0
     assert_same_items(ReferenceEngine(model).recommend(requests), got)
+
+
+def test_engine_with_prompt_reuse(noncontiguous_attention):
+    """Returning users' suffix prefill (SDPA over the cached prompt with an explicit mask, T queries a row)."""
+    serve = ServeConfig(prompt_buckets=[8, 16, 24, 40], max_batch=4, prefix_cache_bytes=1 << 20,
+                        prefix_cache_block=8)
+    model, requests = random_case(2, serve)
+    calls = noncontiguous_attention()
+    engine = GREngine(model)
+    try:
+        got = [engine.recommend(requests) for _ in range(2)]
+        assert engine.prefix_cache_stats()["hit_tokens"] > 0
+    finally:
+        engine.close()
+    assert calls["sdpa"] > 0
+    expected = ReferenceEngine(model).recommend(requests)
+    for answers in got:
+        assert_same_items(expected, answers)

@@ -1,5 +1,6 @@
 """The fast engine (shared prompt KV, staged attention, masked sorter, catalog masks) == the reference."""
 
+import dataclasses
 import gc
 import json
 import weakref
@@ -47,6 +48,26 @@ def test_a_compiled_engine_without_graphs_compiles_nothing_after_warm_up():
         graphs = counters["stats"]["unique_graphs"]
         for size in (1, 2, 3, 4):
             assert_same_items(ReferenceEngine(model).recommend(requests[:size]), engine.recommend(requests[:size]))
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+@pytest.mark.parametrize("buckets", [dict(prompt_buckets=[8, 40]),
+                                     dict(prompt_buckets=[40], prefix_cache_suffixes=[12])],
+                         ids=["suffixes-are-prompt-buckets", "suffixes-of-their-own"])
+def test_a_compiled_engine_with_prompt_reuse_compiles_nothing_after_warm_up(buckets):
+    """With the prompt store, warm-up also compiles each suffix bucket (a returning user's prefill of the
+    uncached rest only): new users, returning ones and extended histories compile nothing of their own."""
+    serve = ServeConfig(max_batch=4, compile=True, prefix_cache_bytes=1 << 20, prefix_cache_block=8, **buckets)
+    model, requests = random_case(3, serve)
+    extended = [dataclasses.replace(r, prompt=(r.prompt + (1, 2, 3))[-40:]) for r in requests]
+    with closing(GREngine(model)) as engine:
+        engine.warmup()
+        graphs = counters["stats"]["unique_graphs"]
+        reference = ReferenceEngine(model)
+        for size in (1, 2, 3, 4):
+            for batch in (requests[:size], requests[:size], extended[:size]):  # new, returning, extended
+                assert_same_items(reference.recommend(batch), engine.recommend(batch))
+        assert engine.prefix_cache_stats()["hit_tokens"] > 0
     assert counters["stats"]["unique_graphs"] == graphs
 
 

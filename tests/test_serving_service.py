@@ -6,6 +6,7 @@ helper), initialized from an extracted .mar, and fed batches.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -21,6 +22,7 @@ from xgr_toolkit.engines import ENGINES, build_engine
 from xgr_toolkit.request import RequestError
 from xgr_toolkit.serving import ITEM_NAMES_FILE, RecService, package_model, save_item_names
 from xgr_toolkit.serving.packaging import HANDLER_FILE, MODEL_CONFIG_FILE, PackageOptions
+from xgr_toolkit.serving.service import BatchStats
 from xgr_toolkit.synthetic import random_model_dir
 
 MAX_W = 8
@@ -182,6 +184,25 @@ def test_an_unexpected_parsing_error_fails_only_its_request(model_dir, items, mo
     assert [r.status for r in replies] == [500, 200] and stats.failed == 1
 
 
+def test_prompt_store_counters_reach_the_batch_stats(model_dir, items):
+    """A returning user's batch reports the tokens it did not prefill; the answers stay the library's."""
+    model = load_model_dir(model_dir)
+    serve = dataclasses.replace(model.config.serve, prefix_cache_bytes=1 << 22, prefix_cache_block=16)
+    model = dataclasses.replace(model, config=dataclasses.replace(model.config, serve=serve))
+    service = RecService(model, name="svc", engine="fast", max_beam_width=MAX_W)
+    body = {"history": items[:20], "k": 3}  # 60 tokens: three blocks of 16 are stored, two can be read
+    first, stats = service.handle([body])
+    assert stats.prefix_cache["hit_tokens"] == 0 and stats.prefix_cache["prompt_tokens"] == 60
+    assert stats.prefix_cache["bytes_held"] > 0
+    again, stats = service.handle([body])
+    assert stats.prefix_cache["hit_tokens"] > 0 and stats.prefix_cache["prompt_tokens"] == 60
+    assert 0 < stats.prefix_cache["hit_ratio"] < 1 and stats.prefix_cache["evictions"] == 0
+    assert same_items(again[0].body["items"], first[0].body["items"])
+    assert service.handle([body])[1].prefix_cache.keys() == stats.prefix_cache.keys()
+    _, plain = RecService(load_model_dir(model_dir), name="svc", engine="fast", max_beam_width=MAX_W).handle([body])
+    assert plain.prefix_cache == {}  # the store is off by default
+
+
 def test_service_settings_are_validated(service):
     with pytest.raises(ValueError, match="engine 'nope'"):
         RecService(service.model, name="x", engine="nope")
@@ -279,6 +300,19 @@ def test_handler_answers_a_batch_with_statuses_content_types_and_metrics(handler
                    "xgr_beam_width.Count:8", "xgr_rejected_requests_total.Count:3", "xgr_batches_total"):
         assert f"[METRICS]{metric}" in logged
     assert "Failed to update metric" not in logged and "could not report metrics" not in logged
+
+
+def test_handler_publishes_the_prompt_store_metrics(handler, caplog):
+    instance, extracted, config = handler
+    stats = BatchStats(batch_size=1, prefix_cache={"hit_tokens": 48, "prompt_tokens": 60, "evictions": 2,
+                                                     "bytes_held": 4096, "hit_ratio": 0.5})
+    with caplog.at_level(logging.INFO):
+        instance._report(Context(extracted, config, name="unit"), stats)
+    for metric in ("xgr_prefix_cache_hit_tokens_total.Count:48", "xgr_prefix_cache_prompt_tokens_total.Count:60",
+                   "xgr_prefix_cache_evictions_total.Count:2", "xgr_prefix_cache_bytes_held.Bytes:4096",
+                   "xgr_prefix_cache_hit_ratio"):
+        assert f"[METRICS]{metric}" in caplog.text
+    assert "Failed to update metric" not in caplog.text
 
 
 # ---- packaging errors and the command line --------------------------------------------------------

@@ -73,11 +73,15 @@ def point_caches_at(root: str | Path) -> tuple[Path, Path]:
 
 def compiled_shapes(config, beam_width: int) -> dict:
     """What decides the compiled graphs (and so the cache keys) besides device and versions: the model's shape,
-    the engine's beam width, batch and prompt buckets, dtype and whether it compiles."""
+    the engine's beam width, batch and prompt buckets, dtype, whether it compiles, and a prompt store's suffix
+    prefill lengths (named only where the store is on, so that earlier manifests still match)."""
     serve = config.serve
-    return {"model": dataclasses.asdict(config.model), "beam_width": int(beam_width), "max_batch": serve.max_batch,
-            "prompt_buckets": list(serve.prompt_buckets), "dtype": serve.dtype, "compile": serve.compile,
-            "cuda_graphs": serve.cuda_graphs}
+    shapes = {"model": dataclasses.asdict(config.model), "beam_width": int(beam_width), "max_batch": serve.max_batch,
+              "prompt_buckets": list(serve.prompt_buckets), "dtype": serve.dtype, "compile": serve.compile,
+              "cuda_graphs": serve.cuda_graphs}
+    if serve.prefix_cache_bytes:
+        shapes["prefix_cache_suffixes"] = list(serve.prefix_cache_suffixes or serve.prompt_buckets)
+    return shapes
 
 
 def artifact_info(config, device: str | torch.device, engine: str, beam_width: int, warmup_s: float) -> dict:

@@ -138,6 +138,12 @@ class ServeConfig:
     shared_prompt_kv: bool = True  # False: the prompt KV is duplicated per beam (dense attention)
     masked_sorter: bool = True  # False: torch.topk over all W x C candidates
     overlap: bool = True  # False: each batch's host work waits for the GPU
+    # Prompt-KV store across requests (engine/prompt_store.py): a returning user's cached prefix is not
+    # prefilled again. Off (0 bytes) by default until it is measured on a GPU.
+    prefix_cache_bytes: int = 0  # device memory for cached prompt KV blocks; 0: off
+    prefix_cache_block: int = 16  # tokens a block; must divide every prompt bucket
+    # prefill lengths of a batch of returning users (the uncached rest, rounded up); empty: the prompt buckets
+    prefix_cache_suffixes: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -146,6 +152,8 @@ class ServeConfig:
         _one_of("serve", "dtype", self.dtype, DTYPES)
         _at_least("serve", "max_batch", self.max_batch, 1)
         _at_least("serve", "max_exclusions", self.max_exclusions, 0)
+        _at_least("serve", "prefix_cache_bytes", self.prefix_cache_bytes, 0)
+        _at_least("serve", "prefix_cache_block", self.prefix_cache_block, 1)
         if self.cuda_graphs and not self.device.startswith("cuda"):
             raise ConfigError("serve.cuda_graphs", True, "false unless serve.device is 'cuda'")
         if not self.max_wait_ms >= 0:
@@ -154,6 +162,13 @@ class ServeConfig:
         if not buckets or buckets != sorted(set(buckets)) or buckets[0] < 1:
             raise ConfigError("serve.prompt_buckets", buckets,
                               "a non-empty, strictly increasing list of integers >= 1")
+        suffixes = list(self.prefix_cache_suffixes)
+        if suffixes != sorted(set(suffixes)) or (suffixes and suffixes[0] < 1):
+            raise ConfigError("serve.prefix_cache_suffixes", suffixes,
+                              "a strictly increasing list of integers >= 1 (empty: the prompt buckets)")
+        if self.prefix_cache_bytes and any(b % self.prefix_cache_block for b in buckets):
+            raise ConfigError("serve.prefix_cache_block", self.prefix_cache_block,
+                              f"a divisor of every serve.prompt_buckets entry {buckets} (the store is on)")
 
 
 @dataclass

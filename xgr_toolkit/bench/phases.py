@@ -60,7 +60,7 @@ def kernel_profile(engine: GREngine, requests: list, batch_size: int, reps: int 
     """Kernels of one whole-search graph replay (torch.profiler): count, GPU milliseconds by kind, and
     the most expensive kernels by name."""
     R, P = engine.bucket(batch_size, max(len(r.prompt) for r in requests[:batch_size]))
-    graph = engine._graphs[R, P].graph
+    graph = engine._graphs[R, P, P].graph  # the whole-prompt prefill's
     graph.replay()
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:

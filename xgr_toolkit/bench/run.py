@@ -96,8 +96,10 @@ def _gpu_ms(engine: GREngine, requests) -> dict:
     out = {}
     for R in engine.batch_buckets:
         launched = [engine.launch(requests[:R]) for _ in range(3)]
-        launched[-1].result()
-        graph = engine._graphs.get(engine.bucket(R, len(requests[0].prompt)))
+        for batch in launched:  # each collected: a prompt store's blocks are held until then
+            batch.result()
+        P = engine.bucket(R, len(requests[0].prompt))[1]
+        graph = engine._graphs.get((R, P, P))  # the whole-prompt prefill's
         if graph is not None:
             out[f"R{R}"] = replay_ms([graph.graph])[0]
     return out

@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from ..modules import causal_attend
+from ..modules.attention import causal_attend_at
 from ..ops import staged_attention
 from .kv_cache import BeamKVCache
 
-__all__ = ["DecodeAttend", "PrefillAttend", "duplicated_kv_attention"]
+__all__ = ["DecodeAttend", "PrefillAttend", "SuffixPrefillAttend", "duplicated_kv_attention"]
 
 
 class PrefillAttend:
@@ -28,6 +29,34 @@ class PrefillAttend:
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q: [R, H, P, D]; k, v: [R, Hkv, P, D] (already in the cache) -> [R, H, P, D]."""
         return causal_attend(layer, q, k, v)
+
+
+class SuffixPrefillAttend:
+    """Prefill of the positions a prompt store did not hold: row r computes positions [R, S], ``start[r]``
+    onwards, and its positions before them already hold the stored prefix's KV (``PromptStore.load``).
+
+    The new k and v go into the shared cache at their positions (an indexed write outside the compiled
+    regions, since a row's window starts where its stored prefix ends), then the queries attend causally
+    over the cached prompt bucket. Positions past a prompt's end hold anything; no real query sees them.
+    """
+
+    def __init__(self, cache: BeamKVCache, requests: int, prompt_bucket: int, positions: torch.Tensor):
+        self.cache, self.R, self.P, self.positions = cache, requests, prompt_bucket, positions
+
+    def _attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                positions: torch.Tensor) -> torch.Tensor:
+        self.cache.write_prompt(layer, self.positions, k, v)
+        keys, values = self.cache.prompt(layer, self.R, self.P)  # [R, Hkv, P, D]
+        return causal_attend_at(q, keys, values, positions)
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q: [R, H, S, D]; k, v: [R, Hkv, S, D] -> [R, H, S, D]."""
+        return self._attend(layer, q, k, v, self.positions)
+
+    def attend_last(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    last: torch.Tensor) -> torch.Tensor:
+        """The final layer: q [R, H, 1, D] of the tokens ``last`` [R] (indices into the S computed)."""
+        return self._attend(layer, q, k, v, self.positions.gather(1, last[:, None]))
 
 
 class DecodeAttend:

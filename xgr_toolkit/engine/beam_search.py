@@ -1,6 +1,7 @@
 """BeamSearch: the device side of the xGR engine, one method a phase.
 
-prefill writes the prompt's KV once into the shared cache and returns the last position's state;
+prefill writes the prompt's KV once into the shared cache (or only its positions a prompt store did not
+hold) and returns the last position's state;
 ``first_step`` picks each request's W best valid level-0 codes; ``decode_step(t)`` runs the W beam
 tokens of every request through the decoder with staged attention and picks the W best valid
 (beam, code) pairs; ``finish`` orders the final SIDs best first. No host syncs, no data-dependent
@@ -15,7 +16,7 @@ from torch import nn
 from ..modules import GRDecoder
 from ..ops import MaskedBeamSorter
 from ..reference import code_log_probs
-from .attend import DecodeAttend, PrefillAttend
+from .attend import DecodeAttend, PrefillAttend, SuffixPrefillAttend
 from .batch import BeamBatch
 from .catalog_index import CatalogIndex
 from .kv_cache import BeamKVCache
@@ -70,13 +71,22 @@ class BeamSearch(nn.Module):
         keys = keys.gather(1, parent) * self.C + code
         return keep_widths(scores, batch.width), keys, code, parent
 
-    def prefill(self, batch: BeamBatch) -> torch.Tensor:
-        """Prompt KV -> shared cache; returns the final-normed state after each prompt's last token, [R, hidden]."""
+    def prefill(self, batch: BeamBatch, start: torch.Tensor | None = None, suffix: int = 0) -> torch.Tensor:
+        """Prompt KV -> shared cache; returns the final-normed state after each prompt's last token, [R, hidden].
+
+        start: [R], where a prompt store already copied each row's positions before ``start[r]`` into the
+        cache: prefill then computes only ``suffix`` = S positions a row from there (start + S <= P)."""
         R, P = batch.tokens.shape
-        positions = torch.arange(P, device=batch.tokens.device).expand(R, P)
         # only the last position's state is wanted: the final layer attends and runs its MLP for it alone
-        hidden = self.decoder.hidden_states(batch.tokens, positions, PrefillAttend(self.cache, R, P),
-                                            last=batch.prompt_len - 1)  # [R, 1, hidden]
+        if start is None:
+            positions = torch.arange(P, device=batch.tokens.device).expand(R, P)
+            hidden = self.decoder.hidden_states(batch.tokens, positions, PrefillAttend(self.cache, R, P),
+                                                last=batch.prompt_len - 1)  # [R, 1, hidden]
+        else:
+            positions = start[:, None] + torch.arange(suffix, device=start.device)  # [R, S]
+            hidden = self.decoder.hidden_states(batch.tokens.gather(1, positions), positions,
+                                                SuffixPrefillAttend(self.cache, R, P, positions),
+                                                last=batch.prompt_len - 1 - start)  # [R, 1, hidden]
         return hidden[:, 0]
 
     def first_step(self, last: torch.Tensor, batch: BeamBatch) -> BeamState:

@@ -14,9 +14,11 @@ measured at capture), so the GPU does not wait for the host, and collects batch 
 from __future__ import annotations
 
 import atexit
+import functools
 import gc
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -30,6 +32,7 @@ from .batch import BeamBatch, make_batch, to_items
 from .beam_search import BeamSearch
 from .catalog_index import CatalogIndex
 from .kv_cache import BeamKVCache
+from .prompt_store import BlockPlan, PromptStore
 from .scheduler import BatchScheduler
 
 __all__ = ["GREngine", "LaunchedBatch"]
@@ -43,6 +46,7 @@ atexit.register(gc.unfreeze)
 class _Graph:
     graph: torch.cuda.CUDAGraph
     batch: BeamBatch  # static inputs
+    blocks: BlockPlan | None  # static inputs where the prompt store is on
     scores: torch.Tensor  # static outputs [R, W]
     sid_index: torch.Tensor
     seconds: float  # GPU time of one replay, measured at capture
@@ -58,6 +62,7 @@ class LaunchedBatch:
     sid_index: torch.Tensor
     done: torch.cuda.Event | None
     expected_done: float = math.inf  # time.perf_counter() when the GPU should finish it; inf: unknown
+    release: Callable[[], None] | None = None  # gives back the prompt store's blocks the batch holds
 
     def ready(self) -> bool:
         return self.done is None or self.done.query()
@@ -65,6 +70,9 @@ class LaunchedBatch:
     def result(self) -> list[list[ScoredItem]]:
         if self.done is not None:
             self.done.synchronize()
+        if self.release is not None:
+            self.release()
+            self.release = None
         n = len(self.requests)
         return to_items(self.requests, self.engine.model.catalog, self.scores[:n], self.sid_index[:n])
 
@@ -89,6 +97,10 @@ class GREngine:
         cache = BeamKVCache()
         cache.setup(cfg.num_layers, self.batch_buckets[-1], self.prompt_buckets[-1], self.beam_width, cfg.levels,
                     cfg.num_kv_heads, cfg.head_dim, param.dtype, self.device)
+        # one store per engine (per TorchServe worker), allocated whole now: its memory is known at start
+        self.store = PromptStore(self.serve.prefix_cache_bytes, self.serve.prefix_cache_block, self.prompt_buckets,
+                                 cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, param.dtype, self.device) \
+            if self.serve.prefix_cache_bytes else None
         decoder = model.decoder.sharing_weights()  # the model's own decoder stays as it is
         decoder.fuse_projections()
         if self.serve.compile:
@@ -96,7 +108,7 @@ class GREngine:
         self.search = BeamSearch(decoder, CatalogIndex(model.catalog, self.device), cache, self.beam_width,
                                  shared_prompt_kv=self.serve.shared_prompt_kv,
                                  masked_sorter=self.serve.masked_sorter, compile=self.serve.compile)
-        self._graphs: dict[tuple[int, int], _Graph] = {}
+        self._graphs: dict[tuple[int, int, int], _Graph] = {}  # (R, P, S)
         self._busy_until = 0.0  # time.perf_counter() when the GPU should finish what was launched
         self.launch_seconds = 0.0  # host time of one launch (moving average): how early to prepare the next
         self._graph_pool = torch.cuda.graph_pool_handle() if self.serve.cuda_graphs else None
@@ -104,16 +116,26 @@ class GREngine:
 
     def _compile(self, decoder: GRDecoder) -> None:
         """Regionally compile the engine's decoder. One compiled graph per (block, token shape): prefill
-        [R, P] and decode [R*W, 1]; the head's log-probabilities one per (batch bucket, level)."""
+        [R, P], decode [R*W, 1] and, with the prompt store, a suffix's prefill [R, S] (its k and v written
+        outside the region); the head's log-probabilities one per (batch bucket, level)."""
         cfg = self.model.config.model
-        shapes = len(self.batch_buckets) * max(len(self.prompt_buckets) + 1, cfg.levels)
+        suffixes = len(self.serve.prefix_cache_suffixes or self.prompt_buckets)
+        shapes = len(self.batch_buckets) * max(len(self.prompt_buckets) + suffixes + 1, cfg.levels)
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * shapes)
         decoder.compile_layers(dynamic=False)
 
-    def _search(self, batch: BeamBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (scores [R, W], sid_index [R, W]), best first."""
+    def _search(self, batch: BeamBatch, blocks: BlockPlan | None = None,
+                suffix: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (scores [R, W], sid_index [R, W]), best first. With the prompt store: its blocks copied in
+        and only ``suffix`` positions a row prefilled where suffix < P, the prompts' new blocks saved."""
         search = self.search
-        state = search.first_step(search.prefill(batch), batch)
+        reuse = blocks is not None and suffix < batch.tokens.shape[1]
+        if reuse:
+            self.store.load(search.cache, blocks.read)
+        last = search.prefill(batch, blocks.start if reuse else None, suffix)
+        if blocks is not None:
+            self.store.save(search.cache, blocks.write)
+        state = search.first_step(last, batch)
         for t in range(1, self.model.config.model.levels):
             state = search.decode_step(t, state, batch)
         return search.finish(state)
@@ -122,17 +144,28 @@ class GREngine:
         return (next(b for b in self.batch_buckets if b >= requests),
                 next(b for b in self.prompt_buckets if b >= prompt_len))
 
+    def suffix_buckets(self, prompt_bucket: int) -> list[int]:
+        """The prefill lengths S a batch of prompt bucket P may run: P, and with the prompt store each smaller
+        one of ``serve.prefix_cache_suffixes`` (default: the prompt buckets); a batch takes the smallest that
+        covers the uncached rest of each of its prompts."""
+        if self.store is None:
+            return [prompt_bucket]
+        return sorted({s for s in self.serve.prefix_cache_suffixes or self.prompt_buckets if s < prompt_bucket}
+                      | {prompt_bucket})
+
     # ---- warm-up: compile every bucket, capture every graph ------------------------------------
     def warmup(self) -> None:
-        """Compile (and capture) every (batch, prompt) bucket, so that serving never compiles."""
+        """Compile (and capture) every (batch, prompt, suffix) bucket, so that serving never compiles."""
         for R in self.batch_buckets:
             for P in self.prompt_buckets:
-                batch = make_batch([], self.model.catalog, P, self.serve.max_exclusions, slots=R).to(self.device)
-                if self.serve.cuda_graphs:
-                    self._capture(R, P, batch)
-                else:
-                    with torch.no_grad():
-                        self._search(batch)
+                for S in self.suffix_buckets(P):
+                    batch = make_batch([], self.model.catalog, P, self.serve.max_exclusions, slots=R).to(self.device)
+                    blocks = self.store.empty_plan(R, P).to(self.device) if self.store else None
+                    if self.serve.cuda_graphs:
+                        self._capture(R, P, S, batch, blocks)
+                    else:
+                        with torch.no_grad():
+                            self._search(batch, blocks, S)
         if self.cuda:
             torch.cuda.synchronize(self.device)
         # Compilation leaves about half a million Python objects; a full collection walks them all
@@ -142,30 +175,34 @@ class GREngine:
         gc.freeze()
 
     @torch.no_grad()
-    def _capture(self, R: int, P: int, batch: BeamBatch) -> _Graph:
+    def _capture(self, R: int, P: int, S: int, batch: BeamBatch, blocks: BlockPlan | None) -> _Graph:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):  # compile and autotune outside the capture
             for _ in range(2):
-                self._search(batch)
+                self._search(batch, blocks, S)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._graph_pool):
-            scores, sid_index = self._search(batch)
+            scores, sid_index = self._search(batch, blocks, S)
         times = []
         for _ in range(3):  # the replay's GPU time lets the scheduler launch the next batch just in time
             start = time.perf_counter()
             graph.replay()
             torch.cuda.synchronize(self.device)
             times.append(time.perf_counter() - start)
-        self._graphs[R, P] = _Graph(graph, batch, scores, sid_index, sorted(times)[1])
-        return self._graphs[R, P]
+        self._graphs[R, P, S] = _Graph(graph, batch, blocks, scores, sid_index, sorted(times)[1])
+        return self._graphs[R, P, S]
 
     def capacity_rps(self, prompt_len: int) -> float:
         """Requests a second the GPU finishes with full batches back to back (the captured graph's replay
         time of the largest batch bucket): the ceiling of any load."""
-        graph = self._graphs[self.bucket(self.batch_buckets[-1], prompt_len)]
-        return self.batch_buckets[-1] / graph.seconds
+        R, P = self.bucket(self.batch_buckets[-1], prompt_len)
+        return R / self._graphs[R, P, P].seconds
+
+    def prefix_cache_stats(self) -> dict[str, float]:
+        """The prompt store's counters (:meth:`PromptStore.stats`); empty where the store is off."""
+        return self.store.stats() if self.store else {}
 
     # ---- serving -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -181,22 +218,43 @@ class GREngine:
         padded = self.serve.cuda_graphs or self.serve.compile  # to the bucket warm-up compiled (and captured)
         host = make_batch(requests, self.model.catalog, P, self.serve.max_exclusions,
                           slots=R if padded else len(requests))
+        if self.store is None:
+            return self._launch(requests, host, R, P, P, None, start)
+        suffix, blocks, lease = self.store.plan([r.prompt for r in requests], host.tokens.shape[0], P,
+                                                self.suffix_buckets(P))
+        try:
+            launched = self._launch(requests, host, R, P, suffix, blocks, start)
+        except BaseException:
+            self.store.release(lease, written=False)
+            raise
+        if launched.done is None:  # run already (CPU)
+            self.store.release(lease)
+        else:
+            launched.release = functools.partial(self.store.release, lease)
+        return launched
+
+    def _launch(self, requests: list[RecRequest], host: BeamBatch, R: int, P: int, S: int, blocks: BlockPlan | None,
+                start: float) -> LaunchedBatch:
         if not self.cuda:
-            scores, sid_index = self._search(host)
+            scores, sid_index = self._search(host, blocks, S)
             return LaunchedBatch(self, requests, scores, sid_index, None)
-        graph = self._graphs.get((R, P)) if self.serve.cuda_graphs else None
+        graph = self._graphs.get((R, P, S)) if self.serve.cuda_graphs else None
         if self.serve.cuda_graphs and graph is None:
-            raise RuntimeError(f"bucket (R={R}, P={P}) was not captured: call warmup() first")
+            raise RuntimeError(f"bucket (R={R}, P={P}, S={S}) was not captured: call warmup() first")
         pinned = BeamBatch(*(t.pin_memory() for t in vars(host).values()))
+        pinned_blocks = blocks.pin_memory() if blocks is not None else None
         expected_done = math.inf
         if graph is not None:
-            for static, src in zip(vars(graph.batch).values(), vars(pinned).values()):
-                static.copy_(src, non_blocking=True)
+            inputs = [(graph.batch, pinned)] + ([(graph.blocks, pinned_blocks)] if blocks is not None else [])
+            for static, src in inputs:
+                for static_t, src_t in zip(vars(static).values(), vars(src).values()):
+                    static_t.copy_(src_t, non_blocking=True)
             graph.graph.replay()
             scores, sid_index = graph.scores, graph.sid_index
             self._busy_until = expected_done = max(time.perf_counter(), self._busy_until) + graph.seconds
         else:
-            scores, sid_index = self._search(pinned.to(self.device, non_blocking=True))
+            device_blocks = pinned_blocks.to(self.device, non_blocking=True) if pinned_blocks is not None else None
+            scores, sid_index = self._search(pinned.to(self.device, non_blocking=True), device_blocks, S)
         out = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
                for t in (scores, sid_index)]
         done = torch.cuda.Event()

@@ -38,6 +38,12 @@ class BeamKVCache(nn.Module):
         return (self.prompt_k[layer, :requests, :tokens].transpose(1, 2),
                 self.prompt_v[layer, :requests, :tokens].transpose(1, 2))
 
+    def write_prompt(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: [R', Hkv, T, D] -> the first R' requests' prompt cache at positions [R', T] (distinct within a row)."""
+        rows = torch.arange(positions.shape[0], device=positions.device)[:, None]
+        self.prompt_k[layer].index_put_((rows, positions), k.transpose(1, 2))
+        self.prompt_v[layer].index_put_((rows, positions), v.transpose(1, 2))
+
     def beam_slots(self, layer: int, requests: int, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Where a decode step's k and v go: views [R'*W, Hkv, 1, D], beam position ``slot`` of every beam."""
         R, W, Hkv, D = requests, self.beam_k.shape[2], self.beam_k.shape[3], self.beam_k.shape[5]

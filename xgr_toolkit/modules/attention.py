@@ -15,7 +15,8 @@ from .fused_linear import fused_linear
 from .rms_norm import RMSNorm
 from .rotary import apply_rotary
 
-__all__ = ["AttendFn", "GroupedQueryAttention", "KVOut", "causal_attend", "causal_attend_at", "kv_out_of"]
+__all__ = ["AttendFn", "GroupedQueryAttention", "KVOut", "attend_last", "causal_attend", "causal_attend_at",
+           "kv_out_of"]
 
 # attend(layer, q [B, H, T, D], k [B, Hkv, T, D], v [B, Hkv, T, D]) -> out [B, H, T, D]. A strategy with a KV
 # cache also has kv_out(layer) -> (k, v) views [B, Hkv, T, D] of the cache: the projections write the new k
@@ -35,16 +36,29 @@ def causal_attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor)
 
 
 def causal_attend_at(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-    """Causal attention of one query a row, at ``position``: q [B, H, 1, D]; k, v [B, Hkv, T, D];
-    position [B] -> [B, H, 1, D], row b seeing keys 0..position[b].
+    """Causal attention of queries at given positions: q [B, H, T, D]; k, v [B, Hkv, K, D] at positions
+    0..K-1; position [B, T] (or [B] where T = 1) -> [B, H, T, D], query t of row b seeing keys 0..position[b, t].
 
     The H // Hkv query heads of a kv head meet the same keys under the same mask, so they go in as that
     kv head's query rows: no key is repeated, and without ``enable_gqa`` SDPA's fused kernels take a mask."""
-    B, H, _, D = q.shape
-    Hkv, T = k.shape[1], k.shape[2]
-    keep = torch.arange(T, device=k.device) <= position[:, None]  # [B, T]
-    out = F.scaled_dot_product_attention(q.reshape(B, Hkv, H // Hkv, D), k, v, attn_mask=keep[:, None, None])
-    return out.reshape(B, H, 1, D)  # SDPA on CUDA hands back [B, G, Hkv, D] in memory: no view
+    B, H, T, D = q.shape
+    Hkv, K = k.shape[1], k.shape[2]
+    G = H // Hkv
+    keep = torch.arange(K, device=k.device) <= position.reshape(B, T, 1)  # [B, T, K]
+    # query rows of a kv head: (head in group, t), so the mask repeats over the group
+    mask = keep[:, None] if T == 1 else keep.repeat(1, G, 1)[:, None]  # [B, 1, 1 or G*T, K]
+    out = F.scaled_dot_product_attention(q.reshape(B, Hkv, G * T, D), k, v, attn_mask=mask)
+    return out.reshape(B, H, T, D)  # SDPA on CUDA hands back [B, G*T, Hkv, D] in memory: no view
+
+
+def attend_last(attend: AttendFn, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                last: torch.Tensor) -> torch.Tensor:
+    """The final layer's one query a row, at ``last`` [B] of the tokens passed (``GRDecoder.hidden_states``):
+    q [B, H, 1, D]; k, v [B, Hkv, T, D] -> [B, H, 1, D]. Causal over k and v, or the strategy's own
+    ``attend_last(layer, q, k, v, last)`` where it has one (its keys are more than the tokens passed)."""
+    if hasattr(attend, "attend_last"):
+        return attend.attend_last(layer, q, k, v, last)
+    return causal_attend_at(q, k, v, last)
 
 
 class GroupedQueryAttention(nn.Module):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .attention import AttendFn, GroupedQueryAttention, KVOut, causal_attend, causal_attend_at, kv_out_of
+from .attention import AttendFn, GroupedQueryAttention, KVOut, attend_last, causal_attend, kv_out_of
 from .mlp import SwiGLU
 from .rms_norm import RMSNorm
 from .rotary import RotaryEmbedding
@@ -105,9 +105,10 @@ class GRDecoder(nn.Module):
                       attend: AttendFn = causal_attend, last: torch.Tensor | None = None) -> torch.Tensor:
         """tokens: [B, T]; positions: [B, T] (default 0..T-1) -> final-normed states [B, T, hidden].
 
-        last: [B], for causal attention over the tokens passed (training's, prefill's): the one position of
-        each row whose state is wanted -> [B, 1, hidden]. The final layer still makes every position's keys
-        and values (``attend``'s cache gets them all), but attends and runs its MLP for that position only.
+        last: [B], for causal attention (training's, prefill's): the one position of each row, an index into
+        the tokens passed, whose state is wanted -> [B, 1, hidden]. The final layer still makes every
+        position's keys and values (``attend``'s cache gets them all), but attends (``attend_last``) and runs
+        its MLP for that position only.
         """
         if positions is None:
             positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
@@ -119,7 +120,7 @@ class GRDecoder(nn.Module):
             if following is None and last is not None:
                 rows = torch.arange(x.shape[0], device=x.device)
                 x, q = x[rows, last][:, None], q[rows, :, last][:, :, None]  # [B, 1, hidden], [B, H, 1, D]
-                attn = causal_attend_at(q, k, v, last)
+                attn = attend_last(attend, layer.self_attn.layer, q, k, v, last)
             else:
                 attn = attend(layer.self_attn.layer, q, k, v)
             if following is None:

@@ -44,6 +44,9 @@ class BatchStats:
     engine_ms: float = 0.0
     format_ms: float = 0.0
     beam_widths: list[int] = field(default_factory=list)  # of the accepted requests
+    # the engine's prompt store (empty where it has none): hit_tokens, prompt_tokens and evictions of this
+    # batch, bytes_held and hit_ratio (since start) after it
+    prefix_cache: dict[str, float] = field(default_factory=dict)
 
 
 def _ms(since: float) -> float:
@@ -82,6 +85,7 @@ class RecService:
         self.max_beam_width, self.item_names = max_beam_width, item_names
         self.max_exclusions = getattr(model.config.serve, "max_exclusions", None)
         self.engine = build_engine(model, engine)
+        self._cache_totals: dict[str, float] = {}  # the prompt store's counters after the last batch
 
     @classmethod
     def from_model_dir(cls, path: str | Path, *, name: str | None = None, engine: str = "reference",
@@ -138,6 +142,7 @@ class RecService:
         t = time.perf_counter()
         results = iter(self._recommend([r for _, requests, _, _, _ in accepted for r in requests]))
         stats.engine_ms = _ms(t)
+        stats.prefix_cache = self._prefix_cache()
         t = time.perf_counter()
         for i, requests, ids, instances, parse_ms in accepted:
             answers = [next(results) for _ in requests]
@@ -159,6 +164,15 @@ class RecService:
             replies[i] = Reply(200, {"predictions": bodies_out} if instances else bodies_out[0])
         stats.format_ms = _ms(t)
         return replies, stats
+
+    def _prefix_cache(self) -> dict[str, float]:
+        """The prompt store's counters since the last batch, its bytes held and its hit ratio since start."""
+        totals = getattr(self.engine, "prefix_cache_stats", dict)()
+        if not totals:
+            return {}
+        batch = {k: totals[k] - self._cache_totals.get(k, 0) for k in ("hit_tokens", "prompt_tokens", "evictions")}
+        self._cache_totals = totals
+        return {**batch, "bytes_held": totals["bytes_held"], "hit_ratio": totals["hit_ratio"]}
 
     def _recommend(self, requests: list[RecRequest]) -> list:
         """The engine's answers; if the batch fails, each request alone, so one bad apple fails alone: its
