@@ -22,7 +22,7 @@ import yaml
 from ..compile_cache import compiled_shapes, read_manifest
 from ..config import ServeConfig, XGRConfig, load_config
 from ..engines import ENGINES
-from ..model_dir import CATALOG_FILE, CONFIG_FILE, WEIGHTS_FILE
+from ..model_dir import CATALOG_FILE, CONFIG_FILE, WEIGHTS_FILE, check_model_dir
 from .item_names import ITEM_NAMES_FILE
 
 __all__ = ["COMPILE_CACHE_DIR", "HANDLER_FILE", "MODEL_CONFIG_FILE", "PackageOptions", "model_config",
@@ -143,10 +143,7 @@ def package_model(model_dir: str | Path, name: str, out: str | Path = "model_sto
     if not _NAME.match(name):
         raise ValueError(f"--name {name!r}: allowed letters, digits, '_', '.' and '-', starting with a letter "
                          "or digit")
-    for file in (CONFIG_FILE, WEIGHTS_FILE, CATALOG_FILE):
-        if not (model_dir / file).is_file():
-            raise FileNotFoundError(f"{model_dir / file}: missing; a model directory holds {CONFIG_FILE}, "
-                                    f"{WEIGHTS_FILE} and {CATALOG_FILE}")
+    check_model_dir(model_dir)
     config = load_config(model_dir / CONFIG_FILE)  # a bad config fails here
     options = _with_defaults(options, config.serve)
     if compile_cache is not None:
