@@ -15,7 +15,7 @@ from .catalog import CatalogError, ItemCatalog
 from .config import XGRConfig, load_config, save_config
 from .modules import GRDecoder
 
-__all__ = ["CONFIG_FILE", "CATALOG_FILE", "WEIGHTS_FILE", "GRModel", "check_model_dir", "load_model_dir",
+__all__ = ["CONFIG_FILE", "CATALOG_FILE", "WEIGHTS_FILE", "GRModel", "check_model_files", "load_model_dir",
            "save_model_dir"]
 
 CONFIG_FILE, WEIGHTS_FILE, CATALOG_FILE = "config.yaml", "model.safetensors", "catalog.safetensors"
@@ -41,7 +41,7 @@ def save_model_dir(path: str | Path, config: XGRConfig, decoder: GRDecoder, cata
     return path
 
 
-def check_model_dir(path: str | Path) -> Path:
+def check_model_files(path: str | Path) -> Path:
     """``path`` as a Path, once it holds the three files; FileNotFoundError names the first one missing."""
     path = Path(path)
     if not path.is_dir():
@@ -56,7 +56,7 @@ def check_model_dir(path: str | Path) -> Path:
 
 def load_model_dir(path: str | Path, device: str = "cpu", dtype: str = "float32") -> GRModel:
     """Load and check a model directory; the catalog must fit the model's SID layout."""
-    path = check_model_dir(path)
+    path = check_model_files(path)
     config = load_config(path / CONFIG_FILE)
     decoder = GRDecoder(config.model)
     missing, unexpected = load_model(decoder, str(path / WEIGHTS_FILE), strict=False)

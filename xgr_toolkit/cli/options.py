@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..config import NORMALIZATIONS, XGRConfig
 from ..engines import ENGINES
-from ..model_dir import check_model_dir
+from ..model_dir import check_model_files
 
 __all__ = ["Beam", "HelpFormatter", "Parser", "add_beam_options", "beam_of", "count", "device", "input_file",
            "ints", "model_dir", "number", "out_dir"]
@@ -47,15 +47,17 @@ class Parser(argparse.ArgumentParser):
 
 
 # ---- value types: argparse prefixes their errors with "argument --OPTION: " -------------------------------
-def count(low: int = 1):
-    """An integer >= ``low``."""
+def count(low: int = 1, high: int | None = None):
+    """An integer >= ``low`` (and <= ``high``)."""
+    allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = None
-        if value is None or value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}; got {text!r}")
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected an integer {allowed}; got {text!r}")
         return value
     return parse
 
@@ -123,7 +125,7 @@ def out_dir(text: str) -> str:
 def model_dir(text: str) -> str:
     """A model directory holding its three files."""
     try:
-        check_model_dir(text)
+        check_model_files(text)
     except FileNotFoundError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     return text
