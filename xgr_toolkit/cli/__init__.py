@@ -15,14 +15,14 @@ import sys
 from . import bench, eval, export, import_hf, load, package, recommend, sid, train
 from .options import Parser
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 COMMANDS = {"bench": bench, "export": export, "import-hf": import_hf, "load": load, "package": package,
             "recommend": recommend, "sid": sid, "train": train, "eval": eval}
 INPUT_ERRORS = (ValueError, OSError)  # what the project raises for bad values, files and data
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> Parser:
     parser = Parser(prog="xgr", description="Generative-recommendation serving toolkit.")
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an input error too (or set XGR_DEBUG=1)")
@@ -30,8 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, module in COMMANDS.items():
         doc = module.__doc__.splitlines()[0]
         module.add_parser(sub.add_parser(name, help=doc, description=doc))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
     try:
-        args = parser.parse_args(argv)
+        args = build_parser().parse_args(argv)
     except SystemExit as exit:  # --help, or a value refused: argparse has printed it
         return exit.code
     try:
@@ -39,5 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     except INPUT_ERRORS as err:
         if args.debug or os.environ.get("XGR_DEBUG", "") not in ("", "0"):
             raise
-        print(f"xgr {args.command}: error: " + " ".join(str(err).splitlines()), file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "sid_command", None))))
+        print(f"xgr {command}: error: " + " ".join(str(err).splitlines()), file=sys.stderr)
         return 2

@@ -20,8 +20,8 @@ from ..config import NORMALIZATIONS, XGRConfig
 from ..engines import ENGINES
 from ..model_dir import check_model_files
 
-__all__ = ["Beam", "HelpFormatter", "Parser", "add_beam_options", "beam_of", "count", "device", "input_file",
-           "ints", "model_dir", "number", "out_dir"]
+__all__ = ["Alias", "Beam", "HelpFormatter", "Parser", "add_beam_options", "beam_of", "count", "device",
+           "input_file", "ints", "model_dir", "number", "out_dir", "typed"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -30,7 +30,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or text == argparse.SUPPRESS:
+        if any(action.default is x for x in (None, False, argparse.SUPPRESS)) or "default" in text \
+                or text == argparse.SUPPRESS:
             return text
         return super()._get_help_string(action)
 
@@ -44,6 +45,22 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class Alias(argparse.Action):
+    """An old spelling of an option, accepted and hidden; remembers that it was the one typed, for errors."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.typed = {**getattr(namespace, "typed", {}), self.dest: option_string}
+
+
+def typed(args: argparse.Namespace, dest: str, option: str) -> str:
+    """How the user spelled the option that sets ``dest``: ``option``, or the old spelling given."""
+    return getattr(args, "typed", {}).get(dest, option)
 
 
 # ---- value types: argparse prefixes their errors with "argument --OPTION: " -------------------------------
@@ -138,7 +155,7 @@ def add_beam_options(p: argparse.ArgumentParser) -> None:
                    help="beams W; the fast engine is built for it (default: the model's beam.beam_width)")
     p.add_argument("--k", type=count(), default=None, help="items returned, <= --beam-width "
                                                            "(default: the model's beam.top_k)")
-    p.add_argument("--top-k", dest="k", type=count(), default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--top-k", dest="k", type=count(), action=Alias)
     p.add_argument("--normalize", choices=NORMALIZATIONS, default=None,
                    help="vocab: log-softmax over the vocabulary; level: over the level's codes "
                         "(default: the model's beam.normalize, as the server)")
@@ -160,11 +177,12 @@ def beam_of(args: argparse.Namespace, config: XGRConfig, min_k: int = 1) -> Beam
     fewest items the command needs (eval's metrics). Errors name the option, or the config key it fell back to."""
     beam, serve = config.beam, config.serve
     width = args.beam_width or beam.beam_width
-    k = args.k or (beam.top_k if args.beam_width is None else min(beam.top_k, width))
+    k = args.k or min(beam.top_k, width)
     width_name = "--beam-width" if args.beam_width else "the model's beam.beam_width"
-    k_name = "--k" if args.k else "the model's beam.top_k"
+    k_name = typed(args, "k", "--k") if args.k else width_name if beam.top_k > width else "the model's beam.top_k"
     if k < min_k:
-        raise ValueError(f"{k_name} = {k}: allowed >= {min_k} here; give --k {min_k} or more")
+        raise ValueError(f"{k_name} = {k}: allowed >= {min_k} here (the top {min_k} items are scored); give "
+                         f"--k and --beam-width of {min_k} or more")
     if k > width:
         raise ValueError(f"{k_name} = {k} is more than {width_name} = {width}: allowed 1..{width}; give a smaller "
                          f"--k or a larger --beam-width")

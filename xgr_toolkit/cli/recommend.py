@@ -14,7 +14,7 @@ from ..config import load_config
 from ..engines import build_engine
 from ..model_dir import CONFIG_FILE, load_model_dir
 from ..request import RequestError, build_request
-from .options import add_beam_options, beam_of, device, ints, model_dir
+from .options import Alias, add_beam_options, beam_of, device, ints, model_dir, typed
 
 # A request field -> the option that sets it, for errors.
 OPTIONS = {"history": "--history", "history_tokens": "--history-tokens", "k": "--k", "beam_width": "--beam-width",
@@ -26,12 +26,12 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     history = p.add_mutually_exclusive_group(required=True)
     history.add_argument("--history", type=ints, help='item ids, oldest first, e.g. "1000 1001"; written as their '
                                                       'SID tokens (the server\'s "history")')
-    history.add_argument("--history-items", dest="history", type=ints, help=argparse.SUPPRESS)
+    history.add_argument("--history-items", dest="history", type=ints, action=Alias)
     history.add_argument("--history-tokens", type=ints, help='token ids, e.g. "70 135 200" (the server\'s '
                                                              '"history_tokens")')
     add_beam_options(p)
     p.add_argument("--exclude", type=ints, default=[], help="item ids never to recommend (default: none)")
-    p.add_argument("--exclude-items", dest="exclude", type=ints, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--exclude-items", dest="exclude", type=ints, action=Alias)
     p.add_argument("--exclude-history", action="store_true", help="also exclude the history's items")
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="the weights' precision")
@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
                                 max_beam_width=beam.beam_width, exclude_items=args.exclude,
                                 exclude_history=args.exclude_history, normalize=beam.normalize)
     except RequestError as err:
-        raise ValueError(f"{OPTIONS.get(err.field, err.field)}: {err.message}") from None
+        option = OPTIONS.get(err.field, err.field)
+        raise ValueError(f"{typed(args, err.field, option)}: {err.message}") from None
     engine = build_engine(model, beam.engine, beam_width=beam.beam_width)  # sized to this request
     try:
         [items] = engine.recommend([request])
