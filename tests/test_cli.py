@@ -69,6 +69,47 @@ def test_console_script_recommends_what_the_library_does(tiny_model_dir):
     assert len(expected) == 3 and not {1000, 1001} & {item["item_id"] for item in expected}
 
 
+def _recommend(capsys, model_dir, *args) -> dict:
+    code, out, err = _xgr(capsys, "recommend", model_dir, *args)
+    assert (code, err) == (0, ""), err
+    return json.loads(out)
+
+
+def test_recommend_takes_the_beam_from_the_models_config(tiny_model_dir, capsys):
+    model = load_model_dir(tiny_model_dir)
+    beam = model.config.beam
+    assert (beam.beam_width, beam.top_k, model.config.serve.engine) == (16, 16, "fast")
+    answer = _recommend(capsys, tiny_model_dir, "--history", "1000 1001")  # as the server: beam 16, top 16, fast
+    request = build_request(model.config.model, model.catalog, history_items=[1000, 1001], beam_width=16, top_k=16,
+                            max_beam_width=16, normalize=beam.normalize)
+    expected = reference_beam_search(model.decoder, model.catalog, request)
+    assert [item["item_id"] for item in answer["items"]] == [item.item_id for item in expected]
+    assert "truncated" not in answer
+
+
+def test_recommend_builds_the_fast_engine_for_the_beam_asked(tiny_model_dir, capsys):
+    """#14: a model whose config says beam 16; --beam-width 32 builds the fast engine for 32."""
+    args = ("--history", "1000 1001 1002", "--beam-width", 32, "--k", 32)
+    fast = _recommend(capsys, tiny_model_dir, *args, "--engine", "fast")["items"]
+    reference = _recommend(capsys, tiny_model_dir, *args, "--engine", "reference")["items"]
+    assert len(fast) == 32 and [i["item_id"] for i in fast] == [i["item_id"] for i in reference]
+    assert [i["score"] for i in fast] == pytest.approx([i["score"] for i in reference], abs=1e-5)
+
+
+def test_recommend_reports_truncation_as_the_server(tiny_model_dir, capsys):
+    history = " ".join(str(1000 + i) for i in range(40))  # 40 items of 3 tokens; the prompt holds 96 tokens
+    answer = _recommend(capsys, tiny_model_dir, "--history", history, "--k", 3)
+    assert answer["truncated"] == (40 - 32) * 3 and len(answer["items"]) == 3
+
+
+def test_recommend_still_takes_the_old_spellings(tiny_model_dir, capsys):
+    new = _recommend(capsys, tiny_model_dir, "--history", "1000 1001", "--k", 4, "--exclude", "1002")
+    old = _recommend(capsys, tiny_model_dir, "--history-items", "1000 1001", "--top-k", 4, "--exclude-items", "1002")
+    assert new == old and len(new["items"]) == 4
+    code, out, _ = _xgr(capsys, "recommend", "--help")
+    assert code == 0 and "--k K" in out and "--top-k" not in out and "--history-items" not in out
+
+
 @pytest.mark.parametrize("args, message", [
     (["--history-tokens", "1 2", "--engine", "turbo"], "argument --engine: invalid choice: 'turbo'"),
     (["--history-tokens", "1 x 3"], "argument --history-tokens: expected integers separated by spaces; got '1 x 3'"),
