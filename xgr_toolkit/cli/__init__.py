@@ -20,10 +20,14 @@ __all__ = ["build_parser", "main"]
 COMMANDS = {"bench": bench, "export": export, "import-hf": import_hf, "load": load, "package": package,
             "recommend": recommend, "sid": sid, "train": train, "eval": eval}
 INPUT_ERRORS = (ValueError, OSError)  # what the project raises for bad values, files and data
+CONVENTIONS = ("Every subcommand's --help shows its defaults. A count (--limit-users, --max-history, --k, ...) is an "
+               "integer >= 1: 0 and negative numbers are refused, and an option left out means what its help says "
+               "(all users, no limit, the model's config.yaml). Bad input is one line naming the option and exit "
+               "status 2; --debug (or XGR_DEBUG=1) shows the traceback.")
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="xgr", description="Generative-recommendation serving toolkit.")
+    parser = Parser(prog="xgr", description="Generative-recommendation serving toolkit.", epilog=CONVENTIONS)
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an input error too (or set XGR_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
