@@ -115,6 +115,8 @@ CASES = [
     # data: not the model's, without the text an option needs, cold items
     ("eval data of another catalog", ["eval", "M", "--data", "OTHER"],
      "{OTHER}:3: user 3 has item 99999, which {M}'s catalog does not hold"),
+    ("train data of another SID file", ["train", "--data", "OTHER", "--sids", "S", "--out", "{T}/m1"],
+     "{OTHER}:3: user 3 has item 99999, which the SID file {S} does not hold (1 of the data's"),
     ("sid build text without text", ["sid", "build", "--data", "D", "--embeddings", "text"],
      "--embeddings text needs item text, and this data set has none: {T}/data has no item_text.txt; give --item-text"),
     ("sid embed-text without text", ["sid", "embed-text", "--data", "D", "--out", "{T}/e.safetensors"],

@@ -6,9 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..catalog import ItemCatalog
 from ..config import load_config
-from ..data import DataError, SequenceData, leave_one_out, load_interactions
+from ..data import check_items_have_sids, leave_one_out, load_interactions
 from ..evaluation import evaluate_model, evaluate_popularity
 from ..evaluation.metrics import DEFAULT_KS
 from ..model_dir import CONFIG_FILE, load_model_dir
@@ -33,32 +32,6 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file (default: none)")
 
 
-def _line_of(path: Path, *tokens: str) -> int | None:
-    """The first line of ``path`` whose fields hold every one of ``tokens``."""
-    with path.open() as f:
-        for number, line in enumerate(f, start=1):
-            fields = line.split()
-            if all(t in fields for t in tokens):
-                return number
-    return None
-
-
-def check_catalog(data: SequenceData, path: str, catalog: ItemCatalog, model: str) -> None:
-    """Every item of ``data`` must be one of the model's: name the first that is not, its line, and the likely cause."""
-    known = set(catalog.item_ids.tolist())
-    unknown = {i for items in data.sequences.values() for i in items} - known
-    if not unknown:
-        return
-    tokens = {v: k for k, v in data.item_index.items()}
-    users = {v: k for k, v in data.user_index.items()}
-    user, item = next((u, i) for u, items in data.sequences.items() for i in items if i in unknown)
-    user_token, item_token = users.get(user, str(user)), tokens.get(item, str(item))
-    line = _line_of(Path(path), user_token, item_token)
-    raise DataError(f"{path}:{line or '?'}: user {user_token} has item {item_token}, which {model}'s catalog does not "
-                    f"hold ({len(unknown)} of the data's {len(data.item_ids)} items are not in it): the data is not "
-                    f"the set the model was trained on, or the model's SIDs were built for another one")
-
-
 def run(args: argparse.Namespace) -> int:
     if args.popularity == (args.model_dir is not None):
         raise ValueError("give exactly one of MODEL_DIR and --popularity")
@@ -70,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         beam = beam_of(args, load_config(Path(args.model_dir) / CONFIG_FILE), min_k=max(DEFAULT_KS))
         data = load_interactions(args.data)
         model = load_model_dir(args.model_dir, args.device, args.dtype)
-        check_catalog(data, args.data, model.catalog, args.model_dir)
+        check_items_have_sids(data, args.data, model.catalog, f"{args.model_dir}'s catalog")
         split = leave_one_out(data)
         cfg = model.config.model
         max_history = args.max_history or cfg.max_prompt_tokens // cfg.levels

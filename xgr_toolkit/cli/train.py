@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..data import DEFAULT_MAX_HISTORY, leave_one_out, load_interactions, load_sids
+from ..data import DEFAULT_MAX_HISTORY, check_items_have_sids, leave_one_out, load_interactions, load_sids
 from ..training import MLP_RATIO, TrainConfig, gr_model_config, train_model_dir
 from .options import count, device, input_file, number, out_dir
 
@@ -71,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
                             device=args.device, bf16=args.bf16, max_steps=args.max_steps or 0,
                             keep_best=not args.keep_last, patience=args.patience)
     catalog = load_sids(args.sids, args.codes)
-    split = leave_one_out(load_interactions(args.data))
+    data = load_interactions(args.data)
+    check_items_have_sids(data, args.data, catalog, f"the SID file {args.sids}")
+    split = leave_one_out(data)
     if args.limit_users:
         split = split.slice(args.limit_users)
     model_cfg = gr_model_config(catalog, args.layers, args.hidden, args.heads, args.kv_heads, args.mlp,
