@@ -193,6 +193,7 @@ def test_every_option_has_help_and_every_help_shows_its_default():
     parsers = list(_parsers(build_parser()))
     assert len(parsers) > 10  # xgr, its 9 subcommands, sid's 3
     for parser in parsers:
+        assert parser.format_help()  # argparse expands every help text's %-fields here
         one_of = [a for g in parser._mutually_exclusive_groups if g.required for a in g._group_actions]
         for action in parser._actions:
             if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) or \
