@@ -9,6 +9,7 @@ directory's files (``config.yaml``, ``model.safetensors``, ``catalog.safetensors
       engine: reference        # a name in xgr_toolkit.engines.ENGINES
       max_beam_width: 128      # the widest beam a request may ask for; the default beam
       compile_cache: ...       # optional: the `xgr export` artifact shipped in the archive (xgr_toolkit.compile_cache)
+      compile: true            # optional: overrides config.yaml's serve.compile (set with compile_cache)
       dtype: ...               # optional: overrides config.yaml's serve.dtype
 
 Bad input never raises out of ``handle``: its request gets a 4xx with ``{"error", "field"}`` and the rest
@@ -62,7 +63,8 @@ class XGRHandler:
             self.service = RecService.from_model_dir(props["model_dir"], name=context.model_name,
                                                      engine=str(options.get("engine", "reference")),
                                                      max_beam_width=int(options.get("max_beam_width", 128)),
-                                                     device=device, dtype=options.get("dtype"))
+                                                     device=device, dtype=options.get("dtype"),
+                                                     compile=options.get("compile"))
         except Exception as err:  # one clear line in model_log.log before TorchServe's traceback
             log.error("xgr model %s: cannot load the archive: %s: %s", context.model_name, type(err).__name__, err)
             raise

@@ -47,7 +47,7 @@ def test_import_hf_then_recommend_equals_hf_generate(tmp_path, capsys, tie, hf_c
 
     prompt = torch.randint(2, hf.config.vocab_size, (12,), generator=torch.Generator().manual_seed(5)).tolist()
     code, out, err = _xgr(capsys, "recommend", tmp_path / "gr", "--engine", "reference", "--history-tokens",
-                          " ".join(map(str, prompt)), "--beam-width", 8, "--top-k", 8)
+                          " ".join(map(str, prompt)), "--beam-width", 8, "--k", 8)
     assert (code, err) == (0, "")
     items = json.loads(out)["items"]
     expected = hf_constrained_generate(hf, catalog, prompt, beam_width=8)
@@ -58,8 +58,8 @@ def test_import_hf_then_recommend_equals_hf_generate(tmp_path, capsys, tie, hf_c
 
 def test_console_script_recommends_what_the_library_does(tiny_model_dir):
     xgr = Path(sys.executable).parent / "xgr"
-    result = subprocess.run([xgr, "recommend", tiny_model_dir, "--history-items", "1000 1001", "--beam-width", "8",
-                             "--top-k", "3", "--exclude-history"], capture_output=True, text=True, check=False)
+    result = subprocess.run([xgr, "recommend", tiny_model_dir, "--history", "1000 1001", "--beam-width", "8",
+                             "--k", "3", "--exclude-history"], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     model = load_model_dir(tiny_model_dir)
     request = build_request(model.config.model, model.catalog, history_items=[1000, 1001], beam_width=8, top_k=3,
@@ -69,18 +69,59 @@ def test_console_script_recommends_what_the_library_does(tiny_model_dir):
     assert len(expected) == 3 and not {1000, 1001} & {item["item_id"] for item in expected}
 
 
+def _recommend(capsys, model_dir, *args) -> dict:
+    code, out, err = _xgr(capsys, "recommend", model_dir, *args)
+    assert (code, err) == (0, ""), err
+    return json.loads(out)
+
+
+def test_recommend_takes_the_beam_from_the_models_config(tiny_model_dir, capsys):
+    model = load_model_dir(tiny_model_dir)
+    beam = model.config.beam
+    assert (beam.beam_width, beam.top_k, model.config.serve.engine) == (16, 16, "fast")
+    answer = _recommend(capsys, tiny_model_dir, "--history", "1000 1001")  # as the server: beam 16, top 16, fast
+    request = build_request(model.config.model, model.catalog, history_items=[1000, 1001], beam_width=16, top_k=16,
+                            max_beam_width=16, normalize=beam.normalize)
+    expected = reference_beam_search(model.decoder, model.catalog, request)
+    assert [item["item_id"] for item in answer["items"]] == [item.item_id for item in expected]
+    assert "truncated" not in answer
+
+
+def test_recommend_builds_the_fast_engine_for_the_beam_asked(tiny_model_dir, capsys):
+    """#14: a model whose config says beam 16; --beam-width 32 builds the fast engine for 32."""
+    args = ("--history", "1000 1001 1002", "--beam-width", 32, "--k", 32)
+    fast = _recommend(capsys, tiny_model_dir, *args, "--engine", "fast")["items"]
+    reference = _recommend(capsys, tiny_model_dir, *args, "--engine", "reference")["items"]
+    assert len(fast) == 32 and [i["item_id"] for i in fast] == [i["item_id"] for i in reference]
+    assert [i["score"] for i in fast] == pytest.approx([i["score"] for i in reference], abs=1e-5)
+
+
+def test_recommend_reports_truncation_as_the_server(tiny_model_dir, capsys):
+    history = " ".join(str(1000 + i) for i in range(40))  # 40 items of 3 tokens; the prompt holds 96 tokens
+    answer = _recommend(capsys, tiny_model_dir, "--history", history, "--k", 3)
+    assert answer["truncated"] == (40 - 32) * 3 and len(answer["items"]) == 3
+
+
+def test_recommend_still_takes_the_old_spellings(tiny_model_dir, capsys):
+    new = _recommend(capsys, tiny_model_dir, "--history", "1000 1001", "--k", 4, "--exclude", "1002")
+    old = _recommend(capsys, tiny_model_dir, "--history-items", "1000 1001", "--top-k", 4, "--exclude-items", "1002")
+    assert new == old and len(new["items"]) == 4
+    code, out, _ = _xgr(capsys, "recommend", "--help")
+    assert code == 0 and "--k K" in out and "--top-k" not in out and "--history-items" not in out
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--history-tokens", "1 2", "--engine", "turbo"], "--engine turbo: not available; allowed ['fast', 'reference'"),
+    (["--history-tokens", "1 2", "--engine", "turbo"], "argument --engine: invalid choice: 'turbo'"),
     (["--history-tokens", "1 x 3"], "argument --history-tokens: expected integers separated by spaces; got '1 x 3'"),
-    (["--history-tokens", "1 256"], "history_tokens: tokens must be in [0, 256); got [256]"),
-    (["--history-items", "1000 5"], "history: unknown item id(s): [5]"),
-    (["--history-tokens", "1", "--exclude-items", "7"], "exclude: unknown item id(s): [7]"),
-    (["--history-tokens", "1", "--top-k", "9"], "k: must be an integer in [1, 4]; got 9"),
+    (["--history-tokens", "1 256"], "--history-tokens: tokens must be in [0, 256); got [256]"),
+    (["--history", "1000 5"], "--history: unknown item id(s): [5]"),
+    (["--history-tokens", "1", "--exclude", "7"], "--exclude: unknown item id(s): [7]"),
+    (["--history-tokens", "1", "--k", "9"], "--k = 9 is more than --beam-width = 4: allowed 1..4"),
     (["--history-tokens", "1", "--beam-width", "0"], "argument --beam-width: expected an integer >= 1; got '0'"),
     (["--history-tokens", "1", "--normalize", "softmax"], "argument --normalize: invalid choice: 'softmax'"),
 ])
 def test_recommend_refuses_bad_input_by_name(tiny_model_dir, capsys, args, message):
-    code, out, err = _xgr(capsys, "recommend", tiny_model_dir, "--beam-width", 4, "--top-k", 2, *args)
+    code, out, err = _xgr(capsys, "recommend", tiny_model_dir, "--beam-width", 4, "--k", 2, *args)
     assert (code, out) == (2, "")
     assert message in err
 
@@ -89,7 +130,7 @@ def test_recommend_refuses_bad_input_by_name(tiny_model_dir, capsys, args, messa
 def test_recommend_refuses_an_incomplete_model_dir(tiny_model_dir, capsys, missing):
     (tiny_model_dir / missing).unlink()
     code, _, err = _xgr(capsys, "recommend", tiny_model_dir, "--history-tokens", "1", "--beam-width", 4,
-                        "--top-k", 2)
+                        "--k", 2)
     assert code == 2 and f"{tiny_model_dir / missing}: missing" in err
 
 
@@ -122,6 +163,7 @@ def test_import_hf_refuses_what_it_cannot_convert(tmp_path, capsys, config, csv_
 
 def test_import_hf_needs_config_json(tmp_path, capsys):
     (tmp_path / "hf").mkdir()
+    (tmp_path / "items.csv").write_text("item_id,code_0,code_1,code_2\n1,0,0,0\n")
     code, _, err = _xgr(capsys, "import-hf", tmp_path / "hf", tmp_path / "gr", "--catalog", tmp_path / "items.csv",
                         "--sid-offset", 8, "--levels", 3, "--codes", 8)
     assert code == 2 and f"{tmp_path / 'hf' / 'config.json'}: missing" in err

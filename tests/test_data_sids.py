@@ -246,7 +246,7 @@ def test_embeddings_file_errors_name_the_file_and_the_tensor(tmp_path, capsys):
     assert main(["sid", "build", "--data", str(data), "--embeddings", "text", "--embeddings-file", str(bad),
                  "--out", str(tmp_path / "x.json"), "--levels", "1", "--codes", "2"]) == 2
     err = capsys.readouterr().err
-    assert f"xgr sid: error: {bad}: tensor 'embeddings' is float32 [4]; expected float32 [N, D] = [4, D]" in err
+    assert f"xgr sid build: error: {bad}: tensor 'embeddings' is float32 [4]; expected float32 [N, D] = [4, D]" in err
     assert main(["sid", "build", "--data", str(data), "--embeddings-file", str(bad),
                  "--out", str(tmp_path / "x.json")]) == 2
     assert "add --embeddings text" in capsys.readouterr().err

@@ -133,8 +133,8 @@ def test_reorder_moves_no_keys_and_traces_each_beams_ancestors():
 
 
 def test_cli_fast_engine_prints_what_the_reference_prints(tiny_model_dir, capsys):
-    args = [str(tiny_model_dir), "--history-items", "1000 1001 1002", "--beam-width", "16", "--top-k", "10",
-            "--exclude-items", "1003 1004", "--normalize", "level"]
+    args = [str(tiny_model_dir), "--history", "1000 1001 1002", "--beam-width", "16", "--k", "10",
+            "--exclude", "1003 1004", "--normalize", "level"]
     outputs = []
     for engine in ("reference", "fast"):
         assert main(["recommend", *args, "--engine", engine]) == 0

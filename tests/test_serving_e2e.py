@@ -230,6 +230,10 @@ def test_token_authorization_when_on(server, model_dir, items, tmp_path):
         assert status == 400  # no key: TorchServe's InvalidKeyException
         status, answer, _ = secured.predict("secured", body)  # with the inference key from key_file.json
         assert status == 200 and len(answer["items"]) == 2
+        # The readiness check of docs/serving.md: /ping needs the inference key too.
+        assert http_request(f"{secured.inference_url}/ping")[0] == 400
+        status, _, ping = http_request(f"{secured.inference_url}/ping", headers=secured.auth("inference"))
+        assert status == 200 and json.loads(ping)["status"] == "Healthy"
 
 
 def _running(pid: int) -> bool:

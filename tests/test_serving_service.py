@@ -328,9 +328,9 @@ def test_package_command_writes_the_archive(model_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--beam-width", "0"], "max_beam_width"),
-    (["--engine", "nope"], "engine"),
-    (["--workers", "0"], "min_workers"),
+    (["--beam-width", "0"], "argument --beam-width: expected an integer >= 1; got '0'"),
+    (["--engine", "nope"], "argument --engine: invalid choice: 'nope'"),
+    (["--workers", "0"], "argument --workers: expected an integer >= 1; got '0'"),
     (["--name", "bad name"], "--name"),
 ])
 def test_package_command_rejects_bad_settings(model_dir, tmp_path, capsys, args, message):

@@ -195,6 +195,16 @@ def test_train_rejects_items_without_sid():
         train_decoder(GRDecoder(_cfg(catalog)), catalog, samples, TrainConfig(max_steps=1, progress=False))
 
 
+def test_xgr_train_mlp_follows_hidden(tmp_path, capsys):
+    data = tmp_path / "sequences.txt"
+    data.write_text("".join(f"{u} {' '.join(map(str, items))}\n" for u, items in _cycle_sequences(30).items()))
+    sids = save_sid_json(_catalog(), tmp_path / "sids.json")
+    assert main(["train", "--data", str(data), "--sids", str(sids), "--codes", "8", "--out", str(tmp_path / "m"),
+                 "--layers", "1", "--hidden", "32", "--heads", "4", "--kv-heads", "2", "--max-steps", "1"]) == 0
+    assert load_model_dir(tmp_path / "m").config.model.intermediate_size == 3 * 32  # Qwen3's ratio
+    assert "MLP 96" in capsys.readouterr().out
+
+
 def test_xgr_train_writes_a_loadable_model_dir(tmp_path, capsys):
     data = tmp_path / "sequences.txt"
     data.write_text("".join(f"{u} {' '.join(map(str, items))}\n" for u, items in _cycle_sequences(30).items()))

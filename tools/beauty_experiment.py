@@ -50,7 +50,7 @@ EMBEDDINGS_FILE = "item_text_embeddings.safetensors"  # beside the data: `xgr si
 DEFAULT_SWEEP = ("base", "dropout=0.3", "layers=6,dropout=0.3", "hidden=384,mlp=1536,dropout=0.3")
 SWEEP_KEYS = ("layers", "hidden", "dropout", "epochs", "lr", "batch-size", "mlp", "heads", "kv-heads",
               "weight-decay", "warmup-steps", "label-smoothing", "seed", "patience")  # each is `xgr train --KEY`
-BASE_KEYS = ("layers", "hidden", "dropout", "epochs", "batch-size", "lr")  # always passed
+BASE_KEYS = ("layers", "hidden", "mlp", "dropout", "epochs", "batch-size", "lr")  # always passed
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 
 
@@ -317,6 +317,8 @@ def main() -> int:
     p.add_argument("--lr", default="2e-3")
     p.add_argument("--layers", default="4")
     p.add_argument("--hidden", default="256")
+    p.add_argument("--mlp", default="1024", help="SwiGLU size: 1024 as in docs/results.md (xgr train's own default "
+                                                 "is 3 x --hidden)")
     p.add_argument("--dropout", default="0.2")
     p.add_argument("--beam-width", default="20", help="evaluation beam width (single-run mode)")
     p.add_argument("--engine", default="fast", help="evaluation engine (xgr eval --engine)")
@@ -360,8 +362,8 @@ def main() -> int:
     bf16 = ["--bf16"] if args.device.startswith("cuda") else []
     limit = ["--limit-users", args.limit_users] if args.limit_users else []
     train_limit = ["--limit-users", args.train_limit_users] if args.train_limit_users else []
-    base = {"layers": args.layers, "hidden": args.hidden, "dropout": args.dropout, "epochs": args.epochs,
-            "batch-size": args.batch_size, "lr": args.lr}
+    base = {"layers": args.layers, "hidden": args.hidden, "mlp": args.mlp, "dropout": args.dropout,
+            "epochs": args.epochs, "batch-size": args.batch_size, "lr": args.lr}
     phases: list[dict] = []
 
     emb_file = None

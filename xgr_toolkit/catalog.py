@@ -114,7 +114,10 @@ class ItemCatalog:
         if not rows:
             raise CatalogError(f"{path}: no items")
         table = torch.tensor(rows, dtype=torch.int64)
-        return cls(table[:, 0], table[:, 1:], num_codes)
+        try:
+            return cls(table[:, 0], table[:, 1:], num_codes)
+        except CatalogError as err:  # a code out of range, a duplicate id: say which file
+            raise CatalogError(f"{path}: {err}") from None
 
     def save(self, path: str | Path) -> None:
         # Fresh contiguous copies: safetensors refuses views that share storage (a CSV table's columns do).

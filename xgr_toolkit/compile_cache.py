@@ -243,9 +243,10 @@ def use_compile_cache(path: str | Path, device: str | torch.device | None = None
 def export_compile_cache(model_dir: str | Path, out: str | Path, *, device: str | None = None, engine: str = "fast",
                          beam_width: int = 128, method: str | None = None, threads: int | None = None) -> dict:
     """Build the engine the handler builds for an archive of ``model_dir`` (``xgr package --engine ENGINE
-    --beam-width W``) on ``device``, warm it up as the handler does (every bucket compiled, one request answered)
-    with fresh caches, and save them as the artifact ``out``; -> its manifest. Run it in a fresh process:
-    what this process compiled before is not exported.
+    --beam-width W --compile-cache``: compiled, whatever the directory's ``serve.compile`` says) on ``device``,
+    warm it up as the handler does (every bucket compiled, one request answered) with fresh caches, and save
+    them as the artifact ``out``; -> its manifest. Run it in a fresh process: what this process compiled
+    before is not exported.
 
     Args:
         device: ``cpu``, ``cuda``, ``cuda:N``; default ``cuda`` where there is a GPU (as the handler picks).
@@ -261,12 +262,9 @@ def export_compile_cache(model_dir: str | Path, out: str | Path, *, device: str 
     method = method or DEFAULT_METHOD[torch.device(device).type]
     if method not in METHODS:
         raise CompileCacheError(f"--method {method!r}: allowed one of {list(METHODS)}")
-    config = load_config(Path(model_dir) / CONFIG_FILE)  # ConfigError names the file and key
+    load_config(Path(model_dir) / CONFIG_FILE)  # ConfigError names the file and key
     if engine != "fast":
         raise ValueError(f"--engine {engine!r}: only the fast engine compiles; nothing to export")
-    if not config.serve.compile:
-        raise ValueError(f"{Path(model_dir) / CONFIG_FILE}: serve.compile is false, so the engine compiles nothing; "
-                         "set it to true to export a compile cache")
     if threads is not None:
         torch.set_num_threads(threads)
     saved_env = {name: os.environ.get(name) for name in _ENV}
@@ -275,7 +273,9 @@ def export_compile_cache(model_dir: str | Path, out: str | Path, *, device: str 
     try:
         with tempfile.TemporaryDirectory(prefix="xgr-export-") as caches:
             point_caches_at(caches)
-            service = RecService.from_model_dir(model_dir, engine=engine, max_beam_width=beam_width, device=device)
+            # Compiled whatever serve.compile says: an archive packaged with the artifact compiles too.
+            service = RecService.from_model_dir(model_dir, engine=engine, max_beam_width=beam_width, device=device,
+                                                compile=True)
             warm_ms = service.warm_up()
             from torch._dynamo.utils import counters
             info = {**artifact_info(service.model.config, device, engine, beam_width, warm_ms / 1e3),

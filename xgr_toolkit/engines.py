@@ -30,8 +30,8 @@ class Engine(Protocol):
 class ReferenceEngine:
     """One request at a time, full recompute, full sort: the definition, not the fast path."""
 
-    def __init__(self, model: GRModel):
-        self.model = model
+    def __init__(self, model: GRModel, beam_width: int | None = None):
+        self.model = model  # any beam width: nothing is sized ahead
 
     def warmup(self) -> None:
         """Nothing to prepare."""
@@ -46,7 +46,9 @@ class ReferenceEngine:
 ENGINES = {"reference": ReferenceEngine, "fast": GREngine}
 
 
-def build_engine(model: GRModel, name: str = "reference") -> Engine:
+def build_engine(model: GRModel, name: str = "reference", beam_width: int | None = None) -> Engine:
+    """The engine ``name`` for ``model``, sized for beams up to ``beam_width`` (default: the model's
+    ``beam.beam_width``): a one-shot command passes what it was asked for."""
     if name not in ENGINES:
         raise ValueError(f"engine {name!r} is not available; allowed {sorted(ENGINES)}")
-    return ENGINES[name](model)
+    return ENGINES[name](model, beam_width=beam_width)

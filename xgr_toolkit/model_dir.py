@@ -15,7 +15,8 @@ from .catalog import CatalogError, ItemCatalog
 from .config import XGRConfig, load_config, save_config
 from .modules import GRDecoder
 
-__all__ = ["CONFIG_FILE", "CATALOG_FILE", "WEIGHTS_FILE", "GRModel", "load_model_dir", "save_model_dir"]
+__all__ = ["CONFIG_FILE", "CATALOG_FILE", "WEIGHTS_FILE", "GRModel", "check_model_files", "load_model_dir",
+           "save_model_dir"]
 
 CONFIG_FILE, WEIGHTS_FILE, CATALOG_FILE = "config.yaml", "model.safetensors", "catalog.safetensors"
 
@@ -40,13 +41,22 @@ def save_model_dir(path: str | Path, config: XGRConfig, decoder: GRDecoder, cata
     return path
 
 
-def load_model_dir(path: str | Path, device: str = "cpu", dtype: str = "float32") -> GRModel:
-    """Load and check a model directory; the catalog must fit the model's SID layout."""
+def check_model_files(path: str | Path) -> Path:
+    """``path`` as a Path, once it holds the three files; FileNotFoundError names the first one missing."""
     path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: {'a file' if path.exists() else 'no such directory'}; a model directory "
+                                f"holds {CONFIG_FILE}, {WEIGHTS_FILE} and {CATALOG_FILE}")
     for name in (CONFIG_FILE, WEIGHTS_FILE, CATALOG_FILE):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path / name}: missing; a model directory holds "
                                     f"{CONFIG_FILE}, {WEIGHTS_FILE} and {CATALOG_FILE}")
+    return path
+
+
+def load_model_dir(path: str | Path, device: str = "cpu", dtype: str = "float32") -> GRModel:
+    """Load and check a model directory; the catalog must fit the model's SID layout."""
+    path = check_model_files(path)
     config = load_config(path / CONFIG_FILE)
     decoder = GRDecoder(config.model)
     missing, unexpected = load_model(decoder, str(path / WEIGHTS_FILE), strict=False)

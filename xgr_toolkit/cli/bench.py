@@ -8,14 +8,17 @@ import sys
 from pathlib import Path
 
 from ..bench.workloads import WORKLOADS
+from .options import number, out_dir
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("workloads", nargs="*", default=list(WORKLOADS), help=f"of {list(WORKLOADS)}")
-    p.add_argument("--out", default="docs/benchmarks", help="folder for bench.json and bench.png")
-    p.add_argument("--seconds", type=float, default=3.0, help="seconds a measurement point")
-    p.add_argument("--no-ablations", action="store_true")
-    p.add_argument("--no-hf", action="store_true")
+    p.add_argument("workloads", nargs="*", default=list(WORKLOADS),
+                   help=f"the workloads to run, of {list(WORKLOADS)} (default: all)")
+    p.add_argument("--out", type=out_dir, default="docs/benchmarks", help="folder for bench.json and bench.png")
+    p.add_argument("--seconds", type=number("> 0", lambda x: x > 0), default=3.0, help="seconds a measurement point")
+    p.add_argument("--no-ablations", action="store_true",
+                   help="skip the ablations (each xGR technique switched off in turn); only the full engine")
+    p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face transformers baseline")
     p.add_argument("--sweeps", action="store_true", help="also the scaling sweeps (beam width, prompt, catalog)")
     p.add_argument("--report", action="store_true", help="only regenerate docs/benchmarks.md from the JSON")
     p.add_argument("--append", action="store_true", help="add to (or replace in) an existing bench.json")
@@ -27,13 +30,13 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.report import markdown_table, plot, plot_sweeps, write_markdown
     from ..bench.run import bench_workload
 
+    unknown = [w for w in args.workloads if w not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"workload(s) {unknown}: unknown; allowed {list(WORKLOADS)}")
     out = Path(args.out)
     if args.report:
         write_markdown(out / "bench.json", out.parent / "benchmarks.md")
         return 0
-    unknown = [w for w in args.workloads if w not in WORKLOADS]
-    if unknown:
-        raise ValueError(f"unknown workload(s) {unknown}; allowed {list(WORKLOADS)}")
     if not torch.cuda.is_available():
         raise ValueError("xgr bench needs a CUDA GPU")
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,

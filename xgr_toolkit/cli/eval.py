@@ -6,44 +6,49 @@ import argparse
 import json
 from pathlib import Path
 
-from ..data import leave_one_out, load_interactions
-from ..engines import ENGINES
+from ..config import load_config
+from ..data import check_items_have_sids, leave_one_out, load_interactions
 from ..evaluation import evaluate_model, evaluate_popularity
-from ..model_dir import load_model_dir
+from ..evaluation.metrics import DEFAULT_KS
+from ..model_dir import CONFIG_FILE, load_model_dir
+from .options import add_beam_options, beam_of, count, device, input_file, model_dir
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model_dir", nargs="?", help="a model directory (omit with --popularity)")
+    p.add_argument("model_dir", nargs="?", type=model_dir, help="a model directory (omit with --popularity)")
     p.add_argument("--popularity", action="store_true", help="evaluate the popularity floor instead of a model")
-    p.add_argument("--data", required=True, help="sequences.txt (user item item ...) or a RecBole .inter file")
-    p.add_argument("--split", choices=("test", "valid", "both"), default="test")
-    p.add_argument("--engine", default="fast", help=f"engine name (registered: {sorted(ENGINES)})")
-    p.add_argument("--beam-width", type=int, default=20)
-    p.add_argument("--top-k", type=int, default=10)
-    p.add_argument("--max-history", type=int, default=None, help="default: what the model's prompt holds")
+    p.add_argument("--data", required=True, type=input_file,
+                   help="sequences.txt (user item item ...) or a RecBole .inter file: the data the model was "
+                        "trained on")
+    p.add_argument("--split", choices=("test", "valid", "both"), default="test", help="which held-out items")
+    add_beam_options(p)
+    p.add_argument("--max-history", type=count(), default=None,
+                   help="most recent items a prompt holds (default: what the model's prompt holds)")
     p.add_argument("--exclude-history", action="store_true", help="never recommend a history item (off: as TIGER)")
-    p.add_argument("--limit-users", type=int, default=None, help="evaluate the first N users only")
-    p.add_argument("--normalize", choices=("vocab", "level"), default="vocab")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    p.add_argument("--limit-users", type=count(), default=None, help="evaluate the first N users only "
+                                                                      "(default: all users)")
+    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="the weights' precision")
+    p.add_argument("--json", default=None, help="also write the metrics to this JSON file (default: none)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.popularity == (args.model_dir is not None):
         raise ValueError("give exactly one of MODEL_DIR and --popularity")
-    if args.engine not in ENGINES:
-        raise ValueError(f"--engine {args.engine}: not available; allowed {sorted(ENGINES)}")
-    split = leave_one_out(load_interactions(args.data))
     splits = ("valid", "test") if args.split == "both" else (args.split,)
     if args.popularity:
+        split = leave_one_out(load_interactions(args.data))
         results = [evaluate_popularity(split, which, args.limit_users) for which in splits]
     else:
+        beam = beam_of(args, load_config(Path(args.model_dir) / CONFIG_FILE), min_k=max(DEFAULT_KS))
+        data = load_interactions(args.data)
         model = load_model_dir(args.model_dir, args.device, args.dtype)
+        check_items_have_sids(data, args.data, model.catalog, f"{args.model_dir}'s catalog")
+        split = leave_one_out(data)
         cfg = model.config.model
         max_history = args.max_history or cfg.max_prompt_tokens // cfg.levels
-        results = [evaluate_model(model, split, which, args.engine, args.beam_width, args.top_k, max_history,
-                                  args.exclude_history, args.limit_users, normalize=args.normalize)
+        results = [evaluate_model(model, split, which, beam.engine, beam.beam_width, beam.k, max_history,
+                                  args.exclude_history, args.limit_users, normalize=beam.normalize)
                    for which in splits]
     for result in results:
         print(result.line())

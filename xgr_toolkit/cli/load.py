@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..serving import loadgen
+from .options import count, input_file, model_dir, number
 
 EXAMPLE = "http://127.0.0.1:8080/predictions/NAME"
 
@@ -16,32 +17,40 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     d = loadgen.LoadOptions()
     p.add_argument("url", help=f"the model's predictions URL on a loopback address, e.g. {EXAMPLE}")
     cases = p.add_mutually_exclusive_group(required=True)
-    cases.add_argument("--model-dir", help="generate --cases random requests over this model's catalog and "
-                                           "compute their expected answers with the library")
-    cases.add_argument("--expect", metavar="FILE", help='JSON lines {"request": {...}, "expected": [items]} '
-                                                        '("expected" optional: then only the status is checked)')
+    cases.add_argument("--model-dir", type=model_dir,
+                       help="generate --cases random requests over this model's catalog and compute their expected "
+                            "answers with the library")
+    cases.add_argument("--expect", metavar="FILE", type=input_file,
+                       help='JSON lines {"request": {...}, "expected": [items]} ("expected" optional: then only the '
+                            'status is checked)')
     cases.add_argument("--body", help="one JSON request body, sent over and over, answers not checked")
-    p.add_argument("--cases", type=int, default=64, help="with --model-dir: distinct requests (default 64)")
-    p.add_argument("--beam-width", type=int, default=16, help="with --model-dir: each request's beam_width, at "
-                                                              "most the archive's (default 16)")
-    p.add_argument("--k", type=int, default=5, help="with --model-dir: items a request asks for (default 5)")
-    p.add_argument("--write-expect", metavar="FILE", help="write the cases as JSON lines, for --expect later")
+    p.add_argument("--cases", type=count(), default=64, help="with --model-dir: distinct requests")
+    p.add_argument("--beam-width", type=count(), default=16,
+                   help="with --model-dir: each request's beam_width, at most the archive's (its `xgr package "
+                        "--beam-width`)")
+    p.add_argument("--k", type=count(), default=5, help="with --model-dir: items a request asks for, <= --beam-width")
+    p.add_argument("--write-expect", metavar="FILE", help="write the cases as JSON lines, for --expect later "
+                                                          "(default: none)")
     p.add_argument("--mode", choices=("closed", "open"), default=d.mode,
                    help="closed: --concurrency requests in flight; open: Poisson arrivals at --rate")
-    p.add_argument("--concurrency", type=int, default=d.concurrency,
-                   help=f"requests in flight (closed), or most in flight (open) (default {d.concurrency})")
-    p.add_argument("--rate", type=float, default=None, help="open loop: mean arrivals per second")
-    p.add_argument("--requests", type=int, default=d.requests, help=f"send at most this many (default {d.requests})")
-    p.add_argument("--seconds", type=float, default=d.seconds, help=f"send for at most this long (default "
-                                                                     f"{d.seconds:g})")
-    p.add_argument("--timeout", type=float, default=d.timeout, help=f"seconds a request may take (default "
-                                                                     f"{d.timeout:g})")
-    p.add_argument("--score-tol", type=float, default=d.score_tol, help=f"score tolerance (default {d.score_tol:g})")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--concurrency", type=count(1, loadgen.MAX_CONCURRENCY), default=d.concurrency,
+                   help="requests in flight (closed), or most in flight (open)")
+    p.add_argument("--rate", type=number("in (0, 1e6]", lambda x: 0 < x <= 1e6), default=None,
+                   help="open loop: mean arrivals per second (required with --mode open; default: none)")
+    p.add_argument("--requests", type=count(1, loadgen.MAX_REQUESTS), default=d.requests, help="send at most this many")
+    p.add_argument("--seconds", type=number(f"in (0, {loadgen.MAX_SECONDS:g}]", lambda x: 0 < x <= loadgen.MAX_SECONDS),
+                   default=d.seconds,
+                   help="send for at most this long")
+    p.add_argument("--timeout", type=number("in (0, 3600]", lambda x: 0 < x <= 3600), default=d.timeout,
+                   help="seconds a request may take")
+    p.add_argument("--score-tol", type=number(">= 0", lambda x: x >= 0), default=d.score_tol,
+                   help="how far an answer's score may be from the expected one")
+    p.add_argument("--seed", type=int, default=d.seed, help="of the generated cases and the open loop's arrivals")
     auth = p.add_mutually_exclusive_group()
-    auth.add_argument("--token-file", help="TorchServe's key_file.json: send its inference key")
-    auth.add_argument("--token", help="send 'Authorization: Bearer TOKEN'")
-    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    auth.add_argument("--token-file", type=input_file,
+                      help="TorchServe's key_file.json: send its inference key (docs/serving.md) (default: none)")
+    auth.add_argument("--token", help="send 'Authorization: Bearer TOKEN' (default: none)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON (default: none)")
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -57,6 +66,10 @@ def _token(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     loadgen.check_loopback(args.url)  # before anything else is done
+    if args.mode == "open" and args.rate is None:
+        raise ValueError("--mode open needs --rate (mean arrivals per second)")
+    if args.model_dir and args.k > args.beam_width:
+        raise ValueError(f"--k {args.k} is more than --beam-width {args.beam_width}: allowed 1..{args.beam_width}")
     token = _token(args)
     options = loadgen.LoadOptions(mode=args.mode, concurrency=args.concurrency, rate=args.rate,
                                   requests=args.requests, seconds=args.seconds, timeout=args.timeout,

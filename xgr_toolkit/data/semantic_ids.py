@@ -8,7 +8,7 @@ import torch
 
 from ..catalog import ItemCatalog
 from .embeddings import ppmi_embeddings
-from .rq_kmeans import SidReport, deduplicate, rq_kmeans, sid_report
+from .rq_kmeans import SidReport, collision_groups, deduplicate, rq_kmeans, sid_report
 
 __all__ = ["SidBuild", "build_collaborative_sids", "build_sids", "collaborative_embeddings", "combine_embeddings"]
 
@@ -32,8 +32,26 @@ def build_sids(embeddings: torch.Tensor, item_ids: list[int], levels: int = 3, c
     sids = rq_kmeans(embeddings.to(device), levels, codes, iters, seed, progress)  # [N, L]
     before = sid_report(sids)
     if dedup:
-        sids = deduplicate(sids, codes)
+        try:
+            sids = deduplicate(sids, codes)
+        except ValueError as err:
+            _explain_zero_embeddings(err, embeddings, sids)
+            raise
     return SidBuild(ItemCatalog(item_ids_t, sids, codes), before, sid_report(sids), cold_items)
+
+
+def _explain_zero_embeddings(err: ValueError, embeddings: torch.Tensor, sids: torch.Tensor) -> None:
+    """When most of the largest group sharing one SID [N, L] have an all-zero embedding [N, D] (items in no
+    training part get one), raise the cause and what to do in place of ``err``: more codes would not help."""
+    group = (sids == sids[collision_groups(sids).argmax()]).all(dim=1)  # [N]
+    zero = group & (embeddings.abs().sum(dim=1) == 0).to(group.device)
+    if 2 * int(zero.sum()) <= int(group.sum()):
+        return
+    raise ValueError(f"{int(group.sum())} items share one SID, {int(zero.sum())} of them with an all-zero embedding: "
+                     "cold items (in no training part: one zero collaborative embedding) cannot be told apart, and "
+                     "more levels or codes would not help. Drop them from the data, give them text (--embeddings "
+                     "both with item text, or --embeddings-file), or keep their SIDs colliding with --no-dedup "
+                     "(the de-dup level numbers at most --codes items a SID)") from err
 
 
 def _cold(train_sequences: list[list[int]], item_ids: list[int]) -> int:

@@ -213,7 +213,9 @@ class GREngine:
             raise ValueError(f"a batch holds 1..{self.batch_buckets[-1]} requests; got {len(requests)}")
         for r in requests:
             if r.beam_width > self.beam_width:
-                raise ValueError(f"beam_width {r.beam_width} exceeds the engine's {self.beam_width}")
+                raise ValueError(f"beam_width {r.beam_width} exceeds the engine's {self.beam_width} (built for "
+                                 "GREngine(beam_width=...): the model's beam.beam_width, or `xgr package "
+                                 "--beam-width` for an archive)")
         R, P = self.bucket(len(requests), max(len(r.prompt) for r in requests))
         padded = self.serve.cuda_graphs or self.serve.compile  # to the bucket warm-up compiled (and captured)
         host = make_batch(requests, self.model.catalog, P, self.serve.max_exclusions,

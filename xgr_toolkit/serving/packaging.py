@@ -22,7 +22,7 @@ import yaml
 from ..compile_cache import compiled_shapes, read_manifest
 from ..config import ServeConfig, XGRConfig, load_config
 from ..engines import ENGINES
-from ..model_dir import CATALOG_FILE, CONFIG_FILE, WEIGHTS_FILE
+from ..model_dir import CATALOG_FILE, CONFIG_FILE, WEIGHTS_FILE, check_model_files
 from .item_names import ITEM_NAMES_FILE
 
 __all__ = ["COMPILE_CACHE_DIR", "HANDLER_FILE", "MODEL_CONFIG_FILE", "PackageOptions", "model_config",
@@ -93,8 +93,9 @@ def model_config(options: PackageOptions, compile_cache: bool = False) -> dict:
     if options.device_type:
         config["deviceType"] = options.device_type
     handler = {"engine": options.engine, "max_beam_width": options.max_beam_width}
-    if compile_cache:
+    if compile_cache:  # what `xgr export` compiled: the workers compile too, whatever config.yaml says
         handler["compile_cache"] = COMPILE_CACHE_DIR
+        handler["compile"] = True
     config["handler"] = handler
     return config
 
@@ -110,7 +111,8 @@ def _check_compile_cache(path: Path, manifest: dict, options: PackageOptions, co
         raise ValueError(f"{where}: exported for --beam-width {manifest.get('max_beam_width')}, the archive has "
                          f"--beam-width {options.max_beam_width}; its workers would compile anyway: export again "
                          f"with --beam-width {options.max_beam_width}")
-    wanted = json.loads(json.dumps(compiled_shapes(config, options.max_beam_width)))
+    compiled = dataclasses.replace(config, serve=dataclasses.replace(config.serve, compile=True))  # as the workers
+    wanted = json.loads(json.dumps(compiled_shapes(compiled, options.max_beam_width)))
     shapes = manifest.get("shapes") or {}
     differ = sorted(k for k in wanted if shapes.get(k) != wanted[k])
     if differ:
@@ -143,10 +145,7 @@ def package_model(model_dir: str | Path, name: str, out: str | Path = "model_sto
     if not _NAME.match(name):
         raise ValueError(f"--name {name!r}: allowed letters, digits, '_', '.' and '-', starting with a letter "
                          "or digit")
-    for file in (CONFIG_FILE, WEIGHTS_FILE, CATALOG_FILE):
-        if not (model_dir / file).is_file():
-            raise FileNotFoundError(f"{model_dir / file}: missing; a model directory holds {CONFIG_FILE}, "
-                                    f"{WEIGHTS_FILE} and {CATALOG_FILE}")
+    check_model_files(model_dir)
     config = load_config(model_dir / CONFIG_FILE)  # a bad config fails here
     options = _with_defaults(options, config.serve)
     if compile_cache is not None:

@@ -124,9 +124,13 @@ def parse_request(body: Any, cfg: ModelConfig, catalog, *, max_beam_width: int, 
     for name in HISTORY_FIELDS:
         if name in fields and not isinstance(fields[name], list):
             raise RequestError(name, f"must be an array of integers; got {_type_name(fields[name])}")
+    beam_width = fields.get("beam_width", max_beam_width)
+    if isinstance(beam_width, int) and not isinstance(beam_width, bool) and beam_width > max_beam_width:
+        raise RequestError("beam_width", f"must be an integer in [1, {max_beam_width}], the served model's widest "
+                                         f"beam (set by `xgr package --beam-width`); got {beam_width}")
     request = build_request(cfg, catalog, history_items=fields.get("history"),
                             history_tokens=fields.get("history_tokens"),
-                            beam_width=fields.get("beam_width", max_beam_width), top_k=fields["k"],
+                            beam_width=beam_width, top_k=fields["k"],
                             max_beam_width=max_beam_width, exclude_items=exclude, exclude_history=exclude_history,
                             normalize=fields.get("normalize", normalize))
     if max_exclusions is not None and len(request.exclude_items) > max_exclusions:

@@ -89,12 +89,17 @@ class RecService:
 
     @classmethod
     def from_model_dir(cls, path: str | Path, *, name: str | None = None, engine: str = "reference",
-                       max_beam_width: int = 128, device: str | None = None, dtype: str | None = None) -> RecService:
-        """Load a model directory (and its ``item_names.json`` where there is one)."""
+                       max_beam_width: int = 128, device: str | None = None, dtype: str | None = None,
+                       compile: bool | None = None) -> RecService:
+        """Load a model directory (and its ``item_names.json`` where there is one); ``compile`` overrides its
+        ``serve.compile`` (an archive with a compile cache compiles)."""
         path = Path(path)
         # Its files checked first (no pickles, complete safetensors, shapes that fit the config), then loaded
         # on the directory's own device and dtype unless given.
         model = load_checked_model_dir(path, device, dtype)
+        if compile is not None:
+            serve = dataclasses.replace(model.config.serve, compile=compile)
+            model = dataclasses.replace(model, config=dataclasses.replace(model.config, serve=serve))
         return cls(model, name=name or model.config.model.name, engine=engine, max_beam_width=max_beam_width,
                    item_names=load_item_names(path))
 

@@ -15,21 +15,23 @@ from ..model_dir import save_model_dir
 from ..modules import GRDecoder
 from .trainer import SampleTable, TrainConfig, TrainResult, train_decoder
 
-__all__ = ["CONTEXT_TOKENS", "TRAINING_FILE", "gr_model_config", "train_model_dir"]
+__all__ = ["CONTEXT_TOKENS", "MLP_RATIO", "TRAINING_FILE", "gr_model_config", "train_model_dir"]
 
 CONTEXT_TOKENS = 4  # pad and a few spare context ids before the SID codes
+MLP_RATIO = 3  # SwiGLU intermediate size / hidden size when none is given: Qwen3's (0.6B: 3072 / 1024)
 TRAINING_FILE = "training.json"  # beside the model directory's three files: how it was trained
 
 
 def gr_model_config(catalog: ItemCatalog, layers: int = 4, hidden: int = 256, heads: int = 4,
-                    kv_heads: int = 4, mlp: int = 1024, max_history: int = DEFAULT_MAX_HISTORY,
+                    kv_heads: int = 4, mlp: int | None = None, max_history: int = DEFAULT_MAX_HISTORY,
                     name: str = "gr-small", dropout: float = 0.0) -> ModelConfig:
     """A small decoder whose vocabulary is CONTEXT_TOKENS + L x C codes and whose prompt holds
-    ``max_history`` items."""
+    ``max_history`` items; the MLP is ``MLP_RATIO * hidden`` wide unless ``mlp`` is given."""
     if hidden % heads:
         raise ValueError(f"hidden ({hidden}) must be a multiple of heads ({heads})")
     return ModelConfig(name=name, num_layers=layers, hidden_size=hidden, num_heads=heads, num_kv_heads=kv_heads,
-                       head_dim=hidden // heads, intermediate_size=mlp, qk_norm=True, tie_embeddings=False,
+                       head_dim=hidden // heads, intermediate_size=mlp or MLP_RATIO * hidden, qk_norm=True,
+                       tie_embeddings=False,
                        max_prompt_tokens=max_history * catalog.levels, sid_offset=CONTEXT_TOKENS,
                        levels=catalog.levels, codes=catalog.num_codes, dropout=dropout)
 
