@@ -30,6 +30,7 @@ from .batch import BeamBatch, make_batch, to_items
 from .beam_search import BeamSearch
 from .catalog_index import CatalogIndex
 from .kv_cache import BeamKVCache
+from .precision import apply_linear_precision
 from .scheduler import BatchScheduler
 
 __all__ = ["GREngine", "LaunchedBatch"]
@@ -86,11 +87,13 @@ class GREngine:
         param = next(model.decoder.parameters())
         self.device = param.device
         self.cuda = self.device.type == "cuda"
+        decoder = model.decoder.sharing_weights()  # the model's own decoder stays as it is
+        decoder.fuse_projections()
+        # the linear layers in serve.linear_precision (float8: quantized after fusing, so qkv is one product)
+        self.float8_layers = apply_linear_precision(decoder, self.serve)
         cache = BeamKVCache()
         cache.setup(cfg.num_layers, self.batch_buckets[-1], self.prompt_buckets[-1], self.beam_width, cfg.levels,
                     cfg.num_kv_heads, cfg.head_dim, param.dtype, self.device)
-        decoder = model.decoder.sharing_weights()  # the model's own decoder stays as it is
-        decoder.fuse_projections()
         if self.serve.compile:
             self._compile(decoder)
         self.search = BeamSearch(decoder, CatalogIndex(model.catalog, self.device), cache, self.beam_width,
@@ -107,7 +110,11 @@ class GREngine:
         [R, P] and decode [R*W, 1]; the head's log-probabilities one per (batch bucket, level)."""
         cfg = self.model.config.model
         shapes = len(self.batch_buckets) * max(len(self.prompt_buckets) + 1, cfg.levels)
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * shapes)
+        # layers whose linear layers differ in precision (serve.float8_skip naming some) compile apart: a handoff
+        # region is one graph per (its layer's kind, the following layer's kind)
+        kinds = len({tuple(n.split(".", 2)[2] for n in self.float8_layers if n.startswith(f"layers.{i}."))
+                     for i in range(cfg.num_layers)})
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * shapes * kinds**2)
         decoder.compile_layers(dynamic=False)
 
     def _search(self, batch: BeamBatch) -> tuple[torch.Tensor, torch.Tensor]:
