@@ -7,23 +7,20 @@ engine's seam runs here, eager and compiled. The GPU tests (test_engine_gpu.py) 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import random
 from contextlib import closing
 
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from xgr_toolkit import ConfigError, ModelConfig, ServeConfig, build_request
+from xgr_toolkit import ConfigError, ModelConfig, ServeConfig
 from xgr_toolkit.engine import GREngine, precision
 from xgr_toolkit.engine.precision import apply_linear_precision, check_float8_device, float8_layer_names
 from xgr_toolkit.engines import ReferenceEngine
 from xgr_toolkit.modules import GRDecoder
-from xgr_toolkit.synthetic import random_decoder
 
-from engine_cases import random_case
+from engine_cases import float8_case, random_case, top_k_agreement
 
 FLOAT8 = ServeConfig(device="cuda", dtype="bfloat16", prompt_buckets=[8, 40], max_batch=4, linear_precision="float8")
 LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
@@ -92,24 +89,6 @@ def float8_on_cpu(monkeypatch):
 
     monkeypatch.setattr(precision, "check_float8_device", lambda device, dtype: None)
     monkeypatch.setattr(quant_api, "_check_hardware_support", lambda granularities: None)
-
-
-def float8_case(seed: int, serve: ServeConfig, requests: int = 8, width: int = 16):
-    """A random model (weights std 0.25) in float32 for the reference and bf16 for the engine, and requests
-    returning every beam (k = W), so that agreement counts W items a request."""
-    model, _ = random_case(seed, serve, beam_width=width)
-    model = dataclasses.replace(model, decoder=random_decoder(model.config.model, seed, std=0.25))
-    cfg, catalog, rng = model.config.model, model.catalog, random.Random(seed)
-    ids = catalog.item_ids.tolist()
-    batch = [build_request(cfg, catalog, history_items=rng.sample(ids, rng.randint(1, 15)), beam_width=width,
-                           top_k=width, max_beam_width=width) for _ in range(requests)]
-    return model, dataclasses.replace(model, decoder=copy.deepcopy(model.decoder).to(torch.bfloat16)), batch
-
-
-def top_k_agreement(want, got) -> float:
-    """Share of the reference's items that the engine also returns, averaged over requests."""
-    shared = [len({i.item_id for i in a} & {i.item_id for i in b}) / len(a) for a, b in zip(want, got)]
-    return sum(shared) / len(shared)
 
 
 def test_float8_engine_casts_its_copy_and_agrees_with_float32(float8_on_cpu):
