@@ -4,9 +4,10 @@
 :meth:`~xgr_toolkit.modules.GRDecoder.fuse_projections`: qkv, o, gate/up, down; the vocabulary head unless
 ``serve.float8_skip`` keeps it) into torchao's float8 inference path: weights cast to e4m3 once, here,
 with one scale per output channel; activations cast to e4m3 on the fly with one scale per row (per
-token). The activation's amax, scale and cast are plain PyTorch ops inside the compiled regions, so
-inductor fuses them into the kernel that produces the activation (the RMSNorm before qkv and gate/up,
-SwiGLU before down); the product is ``torch._scaled_mm`` with row-wise scales, bf16 out. Attention, the
+token). The activation's amax, scale and cast are plain PyTorch ops inside the compiled regions, so that
+inductor can fuse them into the kernel that produces the activation (the RMSNorm before qkv and gate/up,
+SwiGLU before down; not yet seen on a GPU); the product is ``torch._scaled_mm`` with row-wise scales, bf16
+out. Attention, the
 norms and the residual stream stay bf16. The model's own decoder is not touched: only the copy's modules
 get the new weights.
 """
