@@ -8,7 +8,9 @@ directory's files (``config.yaml``, ``model.safetensors``, ``catalog.safetensors
     handler:
       engine: reference        # a name in xgr_toolkit.engines.ENGINES
       max_beam_width: 128      # the widest beam a request may ask for; the default beam
-      compile_cache: ...       # optional: the `xgr export` artifact shipped in the archive (xgr_toolkit.compile_cache)
+      linear_precision: dtype  # config.yaml's serve.linear_precision, recorded by `xgr package`
+      compile_cache: ...       # optional: the `xgr export` artifact shipped in the archive (xgr_toolkit.compile_cache),
+                               # refused where it was compiled for another linear_precision
       compile: true            # optional: overrides config.yaml's serve.compile (set with compile_cache)
       dtype: ...               # optional: overrides config.yaml's serve.dtype
 
@@ -54,7 +56,8 @@ class XGRHandler:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, workers)))
         if options.get("compile_cache"):  # shipped by `xgr package --compile-cache`; used before anything compiles
             try:
-                used = use_compile_cache(Path(props["model_dir"]) / str(options["compile_cache"]), device)
+                used = use_compile_cache(Path(props["model_dir"]) / str(options["compile_cache"]), device,
+                                         options.get("linear_precision"))
                 log.info("xgr model %s: compile cache %s", context.model_name, used)
             except Exception as err:  # a cache only saves time: without it the warm-up compiles
                 log.warning("xgr model %s: compile cache not used, the warm-up compiles: %s: %s", context.model_name,

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import random
+
+import torch
 
 from xgr_toolkit import BeamConfig, ModelConfig, ServeConfig, XGRConfig, build_request
 from xgr_toolkit.model_dir import GRModel
@@ -27,6 +31,24 @@ def random_case(seed: int, serve: ServeConfig | None = None, requests: int = 7, 
                                    exclude_items=rng.sample(ids, rng.randint(0, 30)),
                                    normalize=rng.choice(["vocab", "level"])))
     return model, batch
+
+
+def float8_case(seed: int, serve: ServeConfig, requests: int = 8, width: int = 16):
+    """A random model (weights std 0.25) in float32 for the reference and bf16 for the engine, and requests
+    returning every beam (k = W), so that agreement counts W items a request."""
+    model, _ = random_case(seed, serve, beam_width=width)
+    model = dataclasses.replace(model, decoder=random_decoder(model.config.model, seed, std=0.25))
+    cfg, catalog, rng = model.config.model, model.catalog, random.Random(seed)
+    ids = catalog.item_ids.tolist()
+    batch = [build_request(cfg, catalog, history_items=rng.sample(ids, rng.randint(1, 15)), beam_width=width,
+                           top_k=width, max_beam_width=width) for _ in range(requests)]
+    return model, dataclasses.replace(model, decoder=copy.deepcopy(model.decoder).to(torch.bfloat16)), batch
+
+
+def top_k_agreement(want, got) -> float:
+    """Share of the reference's items that the engine also returns, averaged over requests."""
+    shared = [len({i.item_id for i in a} & {i.item_id for i in b}) / len(a) for a, b in zip(want, got)]
+    return sum(shared) / len(shared)
 
 
 def assert_same_items(expected, got, tolerance: float = 1e-5) -> None:

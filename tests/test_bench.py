@@ -10,7 +10,7 @@ from xgr_toolkit import ModelConfig
 from xgr_toolkit.bench import run as bench_run
 from xgr_toolkit.bench.flops import request_flops, weight_bytes
 from xgr_toolkit.bench.load import percentiles
-from xgr_toolkit.bench.report import markdown_table, plot_sweeps, write_markdown
+from xgr_toolkit.bench.report import markdown_table, plot, plot_sweeps, write_markdown
 from xgr_toolkit.bench.workloads import WORKLOADS, warm_engine, workload_model, workload_requests
 from xgr_toolkit.engines import ReferenceEngine
 from xgr_toolkit.synthetic import random_catalog, random_decoder
@@ -115,6 +115,25 @@ def test_published_anchor_workloads_have_their_shapes():
     assert onerec.max_prompt_tokens >= 2465 and WORKLOADS["onerec"].catalog_items == 1_500_000
     assert (beams.levels, beams.vocab_size, beams.hidden_size, WORKLOADS["beams-5k"].beam_width) == (
         3, 1024 + 3 * 8192, 1024, 5000)
+def test_float8_rows_stand_beside_bf16_in_the_table_and_the_plot(tmp_path):
+    meta = {"gpu": "GPU-X", "torch": "9.9", "command": "xgr bench tiny --fp8"}
+    sweep = [{"arrival_rps": 100.0, "p99_ms": 50.0}, {"arrival_rps": 200.0, "p99_ms": 300.0}]
+    bf16 = {**_system(3.0, 500.0), "max_rps_at_p99_limit": 400.0, "gpu_ms_per_batch": {"R1": 0.5, "R8": 2.0},
+            "sweep": sweep}
+    fp8 = {**_system(2.0, 750.0), "max_rps_at_p99_limit": 600.0, "gpu_ms_per_batch": {"R1": 0.4, "R8": 1.25},
+           "sweep": sweep, "top_k_agreement": 0.955, "float8_layers": 8,
+           "mfu": {"vs_bf16_rate": 0.3, "vs_fp8_rate": 0.15}}
+    workload = {"meta": meta, "xgr": bf16, "fp8": fp8, "peaks": {"bf16_tflops": 800.0, "fp8_tflops": 1600.0},
+                "mfu": 0.2, "floor_ms": 0.1, "c1_p50_over_floor": 30.0, "decode_floor_ms": 0.05,
+                "bf16_top_k_agreement": 0.99, "warmup_s": 12.0}
+    table = markdown_table({"workloads": {"tiny": workload}})
+    assert "| tiny | xgr, float8 linear layers | 2.0 | 2.2 | 4.0 | 6.0 | 750.0 | 600.0 | |" in table
+    assert ("| tiny | 99.0%, 95.5% | 500.0, 750.0 (1.50x) | 400.0, 600.0 (1.50x) | 30.0%, 15.0% | 800, 1,600 "
+            "| R8: 2.00, 1.25 | 8 |") in table
+    plot({"workloads": {"tiny": workload}}, tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").stat().st_size > 0
+    without = {k: v for k, v in workload.items() if k != "fp8"}  # a run without --fp8
+    assert "float8" not in markdown_table({"workloads": {"tiny": without}})
 
 
 def test_the_benchmark_workload_set_up_answers_as_the_reference_on_the_cpu():

@@ -21,6 +21,13 @@ def test_yaml_round_trip(tmp_path):
     assert load_config(tmp_path / "config.yaml") == config
 
 
+def test_float8_on_a_bf16_gpu_config_loads(tmp_path):
+    config = _load(tmp_path, "serve:\n  device: cuda\n  dtype: bfloat16\n  linear_precision: float8\n"
+                             "  float8_skip: [lm_head, layers.0.*]\n")
+    assert (config.serve.linear_precision, config.serve.float8_skip) == ("float8", ["lm_head", "layers.0.*"])
+    assert ServeConfig().linear_precision == "dtype" and ServeConfig().float8_skip == ["lm_head"]
+
+
 def test_partial_yaml_takes_defaults_and_derives_the_vocabulary(tmp_path):
     config = _load(tmp_path, "model:\n  sid_offset: 10\n  levels: 2\n  codes: 5\nbeam:\n  top_k: 4\n")
     assert config.model.vocab_size == 20 and config.model.sid_end == 20
@@ -72,6 +79,13 @@ def test_unknown_preset_raises():
     ("serve:\n  dtype: int8\n", "serve.dtype", "int8", "one of ['float32', 'bfloat16', 'float16']"),
     ("serve:\n  prompt_buckets: [64, 32]\n", "serve.prompt_buckets", [64, 32], "strictly increasing"),
     ("serve:\n  max_wait_ms: -1\n", "serve.max_wait_ms", -1.0, "a number >= 0"),
+    ("serve:\n  linear_precision: int8\n", "serve.linear_precision", "int8", "one of ['dtype', 'float8']"),
+    ("serve:\n  linear_precision: float8\n", "serve.linear_precision", "float8",
+     "'dtype' unless serve.device is 'cuda'"),
+    ("serve:\n  device: cuda\n  linear_precision: float8\n", "serve.linear_precision", "float8",
+     "'dtype' unless serve.dtype is 'bfloat16'"),
+    ("serve:\n  float8_skip: [lm_head, '']\n", "serve.float8_skip", ["lm_head", ""], "non-empty module name patterns"),
+    ("serve:\n  float8_skip: lm_head\n", "serve.float8_skip", "lm_head", "a value of type list[str]"),
 ])
 def test_bad_values_name_key_value_and_allowed(tmp_path, text, key, value, allowed):
     with pytest.raises(ConfigError) as err:

@@ -20,7 +20,13 @@ import yaml
 
 from xgr_toolkit import BeamConfig, ModelConfig, ServeConfig, load_model_dir
 from xgr_toolkit.cli import main
-from xgr_toolkit.compile_cache import MANIFEST_FILE, compiled_shapes, read_manifest, use_compile_cache
+from xgr_toolkit.compile_cache import (
+    MANIFEST_FILE,
+    CompileCacheError,
+    compiled_shapes,
+    read_manifest,
+    use_compile_cache,
+)
 from xgr_toolkit.config import load_config
 from xgr_toolkit.engines import build_engine
 from xgr_toolkit.request import RecRequest
@@ -169,6 +175,21 @@ def test_package_refuses_an_artifact_that_does_not_fit(model_dir, tmp_path, caps
                  str(W), *args, "--compile-cache", str(path)])
     err = capsys.readouterr().err
     assert code == 2 and "--compile-cache" in err and message in err
+
+
+def test_a_compile_cache_for_another_linear_precision_is_refused(model_dir, tmp_path, capsys, monkeypatch):
+    float8 = {**compiled_shapes(load_config(model_dir / "config.yaml"), W), "linear_precision": "float8"}
+    path = fake_artifact(tmp_path / "art", model_dir, shapes=float8)
+    code = main(["package", str(model_dir), "--name", "small", "--out", str(tmp_path / "store"), "--beam-width",
+                 str(W), "--engine", "fast", "--compile-cache", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "compiled for serve.linear_precision 'float8', config.yaml has 'dtype'" in err
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "before")
+    with pytest.raises(CompileCacheError, match="compiled for serve.linear_precision 'float8', the archive serves "
+                                                "'dtype'"):
+        use_compile_cache(path, "cpu", "dtype")  # the handler, with the archive's recorded precision
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "before"  # refused before anything points at it
+    assert use_compile_cache(path, "cpu", "float8")["method"] == "cache-dir"
 
 
 def test_a_plain_inductor_cache_directory_is_still_shipped(model_dir, tmp_path, monkeypatch):

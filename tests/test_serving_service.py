@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from xgr_toolkit import build_request, load_model_dir, preset
+from xgr_toolkit import ModelConfig, ServeConfig, build_request, load_model_dir, preset
 from xgr_toolkit.engines import ENGINES, build_engine
 from xgr_toolkit.request import RequestError
 from xgr_toolkit.serving import ITEM_NAMES_FILE, RecService, package_model, save_item_names
@@ -275,7 +275,7 @@ def test_archive_holds_handler_model_names_and_settings(archive, handler):
             MODEL_CONFIG_FILE} <= names
     assert manifest["model"]["handler"] == "xgr_handler.py" and manifest["model"]["modelName"] == "unit"
     _, _, config = handler
-    assert config["handler"] == {"engine": "fast", "max_beam_width": MAX_W}
+    assert config["handler"] == {"engine": "fast", "max_beam_width": MAX_W, "linear_precision": "dtype"}
     assert (config["batchSize"], config["maxBatchDelay"], config["minWorkers"], config["maxWorkers"]) == (4, 20, 2, 2)
     assert config["responseTimeout"] >= 1 and config["startupTimeout"] >= 1
 
@@ -349,7 +349,15 @@ def test_unset_package_options_come_from_the_model_dirs_serve_config(model_dir, 
     with zipfile.ZipFile(mar) as z:
         config = yaml.safe_load(z.read(MODEL_CONFIG_FILE))
     assert config["batchSize"] == serve.max_batch and config["maxBatchDelay"] == round(serve.max_wait_ms)
-    assert config["handler"] == {"engine": "fast", "max_beam_width": 128}
+    assert config["handler"] == {"engine": "fast", "max_beam_width": 128, "linear_precision": "dtype"}
+
+
+def test_the_archive_records_the_linear_precision_it_was_built_for(tmp_path):
+    pytest.importorskip("model_archiver")
+    serve = ServeConfig(device="cuda", dtype="bfloat16", linear_precision="float8")  # loads on any machine
+    model_dir = random_model_dir(tmp_path / "fp8", ModelConfig(), num_items=50, serve=serve)
+    with zipfile.ZipFile(package_model(model_dir, "fp8", tmp_path / "store", PackageOptions())) as z:
+        assert yaml.safe_load(z.read(MODEL_CONFIG_FILE))["handler"]["linear_precision"] == "float8"
 
 
 def test_package_rejects_an_incomplete_model_dir(tmp_path):

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["DEFAULT_METHOD", "MANIFEST_FILE", "METHODS", "CompileCacheError", "artifact_info", "compiled_shapes",
-           "export_compile_cache",
+           "export_compile_cache", "exported_precision",
            "point_caches_at", "read_manifest", "save_compile_cache", "use_compile_cache"]
 
 log = logging.getLogger(__name__)
@@ -73,15 +73,23 @@ def point_caches_at(root: str | Path) -> tuple[Path, Path]:
 
 def compiled_shapes(config, beam_width: int) -> dict:
     """What decides the compiled graphs (and so the cache keys) besides device and versions: the model's shape,
-    the engine's beam width, batch and prompt buckets, dtype, whether it compiles, and a prompt store's suffix
-    prefill lengths (named only where the store is on, so that earlier manifests still match)."""
+    the engine's beam width, batch and prompt buckets, dtype, whether it compiles, the linear layers' precision
+    (and under float8 the layers kept out of it), and a prompt store's suffix prefill lengths (each named only
+    where it departs from the default, so that earlier manifests still match)."""
     serve = config.serve
     shapes = {"model": dataclasses.asdict(config.model), "beam_width": int(beam_width), "max_batch": serve.max_batch,
               "prompt_buckets": list(serve.prompt_buckets), "dtype": serve.dtype, "compile": serve.compile,
               "cuda_graphs": serve.cuda_graphs}
     if serve.prefix_cache_bytes:
         shapes["prefix_cache_suffixes"] = list(serve.prefix_cache_suffixes or serve.prompt_buckets)
+    if serve.linear_precision != "dtype":
+        shapes.update(linear_precision=serve.linear_precision, float8_skip=list(serve.float8_skip))
     return shapes
+
+
+def exported_precision(manifest: dict) -> str:
+    """The linear precision an artifact was compiled for; artifacts from before the option are "dtype"."""
+    return (manifest.get("shapes") or {}).get("linear_precision", "dtype")
 
 
 def artifact_info(config, device: str | torch.device, engine: str, beam_width: int, warmup_s: float) -> dict:
@@ -197,13 +205,16 @@ def read_manifest(path: str | Path, option: str = "--compile-cache") -> dict | N
     return manifest
 
 
-def use_compile_cache(path: str | Path, device: str | torch.device | None = None) -> dict:
+def use_compile_cache(path: str | Path, device: str | torch.device | None = None,
+                      linear_precision: str | None = None) -> dict:
     """Make this process's compilation read (and write) the artifact ``path``: call it before the engine compiles.
     ``device`` (where the engine will run) is only compared with the export's; -> what was done, with warnings
-    for what will make the cache miss (another torch, device or CPU thread count).
+    for what will make the cache miss (another torch, device or CPU thread count). ``linear_precision`` (what
+    the archive serves, ``serve.linear_precision``) must be the one the artifact was compiled for.
 
     Raises:
-        CompileCacheError: as :func:`read_manifest`; a mega-cache that does not load.
+        CompileCacheError: as :func:`read_manifest`; a mega-cache that does not load; an artifact compiled for
+            another linear precision (none of its graphs would be used).
     """
     path = Path(path).resolve()
     start = time.perf_counter()
@@ -211,6 +222,10 @@ def use_compile_cache(path: str | Path, device: str | torch.device | None = None
     if manifest is None:  # a plain inductor cache directory, as --compile-cache took before
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
         return {"method": "inductor-dir", "path": str(path), "seconds": time.perf_counter() - start}
+    if linear_precision is not None and exported_precision(manifest) != linear_precision:
+        raise CompileCacheError(f"--compile-cache {path}: compiled for serve.linear_precision "
+                                f"{exported_precision(manifest)!r}, the archive serves {linear_precision!r}; "
+                                "export it again from the archive's model directory")
     warnings = []
     if manifest["torch"] != torch.__version__:
         warnings.append(f"exported with torch {manifest['torch']}, running {torch.__version__}: nothing will hit")

@@ -29,6 +29,8 @@ __all__ = [
 
 NORMALIZATIONS = ("vocab", "level")
 DTYPES = ("float32", "bfloat16", "float16")
+# "dtype": the decoder's linear layers in serve.dtype; "float8": in e4m3 (engine/precision.py)
+LINEAR_PRECISIONS = ("dtype", "float8")
 
 
 class ConfigError(ValueError):
@@ -144,6 +146,10 @@ class ServeConfig:
     prefix_cache_block: int = 16  # tokens a block; must divide every prompt bucket
     # prefill lengths of a batch of returning users (the uncached rest, rounded up); empty: the prompt buckets
     prefix_cache_suffixes: list[int] = field(default_factory=list)
+    linear_precision: str = "dtype"  # "float8": the decoder's linear layers in e4m3 (the fast engine; a GPU)
+    # Under float8, the linear layers kept in serve.dtype: fnmatch patterns of the engine's module names
+    # ("lm_head", "layers.0.*", "*.down_proj"; q/k/v are "qkv_proj" and gate/up "gate_up_proj" there).
+    float8_skip: list[str] = field(default_factory=lambda: ["lm_head"])
 
     def __post_init__(self) -> None:
         if not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -158,6 +164,15 @@ class ServeConfig:
             raise ConfigError("serve.cuda_graphs", True, "false unless serve.device is 'cuda'")
         if not self.max_wait_ms >= 0:
             raise ConfigError("serve.max_wait_ms", self.max_wait_ms, "a number >= 0")
+        _one_of("serve", "linear_precision", self.linear_precision, LINEAR_PRECISIONS)
+        if self.linear_precision == "float8" and not self.device.startswith("cuda"):
+            raise ConfigError("serve.linear_precision", "float8",
+                              "'dtype' unless serve.device is 'cuda' (float8 needs a GPU of compute capability >= 8.9)")
+        if self.linear_precision == "float8" and self.dtype != "bfloat16":
+            raise ConfigError("serve.linear_precision", "float8",
+                              "'dtype' unless serve.dtype is 'bfloat16' (activations and weights are scaled from bf16)")
+        if any(not isinstance(p, str) or not p for p in self.float8_skip):
+            raise ConfigError("serve.float8_skip", list(self.float8_skip), "a list of non-empty module name patterns")
         buckets = list(self.prompt_buckets)
         if not buckets or buckets != sorted(set(buckets)) or buckets[0] < 1:
             raise ConfigError("serve.prompt_buckets", buckets,

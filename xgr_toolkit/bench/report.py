@@ -18,7 +18,8 @@ def markdown_table(results: dict) -> str:
     lines += ["", "| workload | system | P50 c=1 (ms) | P99 c=1 (ms) | P50 c=4 (ms) | P99 c=4 (ms) | req/s c=4 "
              "| req/s at P99<=200ms | note |", "|---|---|---|---|---|---|---|---|---|"]
     for name, w in results["workloads"].items():
-        systems = {"xgr (fast engine)": w["xgr"], **w.get("ablations", {})}
+        systems = {"xgr (fast engine)": w["xgr"], **({"xgr, float8 linear layers": w["fp8"]} if "fp8" in w else {}),
+                   **w.get("ablations", {})}
         for system, s in systems.items():
             if "error" in s:
                 lines.append(f"| {name} | {system} | | | | | | | {s['error']} |")
@@ -28,7 +29,7 @@ def markdown_table(results: dict) -> str:
                     if confirmed else "")
             lines.append(f"| {name} | {system} | {_fmt(s['c1']['p50_ms'])} | {_fmt(s['c1']['p99_ms'])} | "
                          f"{_fmt(s['c4']['p50_ms'])} | {_fmt(s['c4']['p99_ms'])} | {_fmt(s['c4']['throughput_rps'])} "
-                         f"| {_fmt(s.get('max_rps_at_p99_limit'))} | {note} |")
+                         f"| {_fmt(s.get('max_rps_at_p99_limit'))} | {note}".rstrip() + " |")
         hf = w.get("hf")
         if hf:
             c1 = hf.get("c1", {})
@@ -45,7 +46,32 @@ def markdown_table(results: dict) -> str:
                      f"{_fmt(w['floor_ms'], 2)} | {_fmt(w['c1_p50_over_floor'])} | {_fmt(w['decode_floor_ms'], 2)} "
                      f"| {_fmt(w.get('decode_over_floor'), 2)} | {gpu} | {_fmt(100 * w['bf16_top_k_agreement'])}% "
                      f"| {_fmt(w['xgr']['peak_memory_gib'], 2)} | {_fmt(w['warmup_s'])} |")
-    return "\n".join(lines + _time_split(results) + _sweep_table(results))
+    return "\n".join(lines + _fp8_table(results) + _time_split(results) + _sweep_table(results))
+
+
+def _fp8_table(results: dict) -> list[str]:
+    """The float8 engine beside bf16, from the same run: the numerics gate and the speed-ups."""
+    lines = ["", "### Float8 linear layers beside bf16 (same run, same weights)", "",
+             "| workload | top-K agreement with float32: bf16, float8 | req/s c=4: bf16, float8 (ratio) "
+             "| req/s at P99<=200ms: bf16, float8 (ratio) | MFU of float8: of the bf16 rate, of the fp8 rate "
+             "| matrix rate (TFLOP/s): bf16, fp8 | GPU ms a batch (largest): bf16, float8 | layers in float8 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, w in results["workloads"].items():
+        fp8, bf16 = w.get("fp8"), w["xgr"]
+        if fp8 is None:
+            continue
+        c4 = bf16["c4"]["throughput_rps"], fp8["c4"]["throughput_rps"]
+        held = bf16.get("max_rps_at_p99_limit"), fp8.get("max_rps_at_p99_limit")
+        held_ratio = f"{held[1] / held[0]:.2f}x" if held[0] and held[1] is not None else "—"
+        R = max(fp8.get("gpu_ms_per_batch", {}), key=lambda k: int(k[1:]), default="R?")  # the largest batch
+        ms = bf16.get("gpu_ms_per_batch", {}).get(R), fp8.get("gpu_ms_per_batch", {}).get(R)
+        lines.append(f"| {name} | {_fmt(100 * w['bf16_top_k_agreement'])}%, {_fmt(100 * fp8['top_k_agreement'])}% "
+                     f"| {_fmt(c4[0])}, {_fmt(c4[1])} ({c4[1] / c4[0]:.2f}x) | {_fmt(held[0])}, {_fmt(held[1])} "
+                     f"({held_ratio}) | {_fmt(100 * fp8['mfu']['vs_bf16_rate'])}%, "
+                     f"{_fmt(100 * fp8['mfu']['vs_fp8_rate'])}% | {_fmt(w['peaks']['bf16_tflops'], 0)}, "
+                     f"{_fmt(w['peaks'].get('fp8_tflops'), 0)} | {R}: {_fmt(ms[0], 2)}, {_fmt(ms[1], 2)} "
+                     f"| {fp8['float8_layers']} |")
+    return lines if len(lines) > 5 else []
 
 
 def _time_split(results: dict) -> list[str]:
@@ -106,7 +132,8 @@ def plot_sweeps(results: dict, path: Path) -> bool:
 
 
 def plot(results: dict, path: Path) -> None:
-    """P99 latency against arrival rate, one line per workload (the fast engine's open-loop points, by rate)."""
+    """P99 latency against arrival rate, one line per workload (the fast engine's open-loop points, by rate), and
+    a dashed one for its float8 engine where measured."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,6 +144,10 @@ def plot(results: dict, path: Path) -> None:
         sweep = sorted(w["xgr"].get("sweep", []), key=lambda p: p["arrival_rps"])  # searched out of order
         (line,) = ax.plot([p["arrival_rps"] for p in sweep], [p["p99_ms"] for p in sweep], marker="o",
                           label=f"xgr {name}")
+        if "fp8" in w:
+            sweep = sorted(w["fp8"].get("sweep", []), key=lambda p: p["arrival_rps"])
+            ax.plot([p["arrival_rps"] for p in sweep], [p["p99_ms"] for p in sweep], marker="s", linestyle="--",
+                    color=line.get_color(), label=f"xgr {name}, float8")
         hf = w.get("hf", {}).get("c1")
         if hf:
             ax.scatter([hf["throughput_rps"]], [hf["p99_ms"]], marker="x", s=60, color=line.get_color(),

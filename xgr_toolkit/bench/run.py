@@ -10,6 +10,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from ..config import ServeConfig
 from ..engine import GREngine
 from ..model_dir import GRModel
 from ..synthetic import random_catalog, random_decoder
@@ -36,8 +37,9 @@ ABLATIONS = {
 }
 
 
-def device_peaks() -> dict[str, float]:
-    """The bf16 matrix-product rate and the device-to-device copy bandwidth, measured now."""
+def device_peaks(fp8: bool = False) -> dict[str, float]:
+    """The bf16 matrix-product rate, the device-to-device copy bandwidth and with ``fp8`` the e4m3 product's
+    rate (``torch._scaled_mm`` with row-wise scales and bf16 out, as the float8 engine calls it), measured now."""
     a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     src = torch.randn(1 << 28, device="cuda", dtype=torch.bfloat16)
     dst = torch.empty_like(src)
@@ -55,7 +57,14 @@ def device_peaks() -> dict[str, float]:
 
     mm = timed(lambda: a @ b, 20)
     copy = timed(lambda: dst.copy_(src), 20)
-    return {"bf16_tflops": 2 * 8192**3 / mm / 1e12, "copy_gbps": 2 * src.nbytes / copy / 1e9}
+    peaks = {"bf16_tflops": 2 * 8192**3 / mm / 1e12, "copy_gbps": 2 * src.nbytes / copy / 1e9}
+    if fp8:
+        a8, b8 = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn).t()  # the second column-major
+        row, col = torch.ones(8192, 1, device="cuda"), torch.ones(1, 8192, device="cuda")
+        mm8 = timed(lambda: torch._scaled_mm(a8, b8, scale_a=row, scale_b=col, out_dtype=torch.bfloat16,
+                                             use_fast_accum=True), 20)
+        peaks["fp8_tflops"] = 2 * 8192**3 / mm8 / 1e12
+    return peaks
 
 
 def _throughput_at_limit(engine: GREngine, requests, seconds: float, points: int = 8) -> dict:
@@ -105,13 +114,18 @@ def _gpu_ms(engine: GREngine, requests) -> dict:
     return out
 
 
-def _bf16_agreement(model: GRModel, requests, count: int = 4) -> float:
-    """Share of the float32 top-K items that bfloat16 also returns (eager engines, same weights)."""
-    serve = dataclasses.replace(model.config.serve, compile=False, cuda_graphs=False, max_batch=1)
+def _eager(model: GRModel) -> ServeConfig:
+    return dataclasses.replace(model.config.serve, compile=False, cuda_graphs=False, max_batch=1)
+
+
+def _float32_top_k(model: GRModel, requests, count: int = 4) -> list:
+    """What the first ``count`` requests get from float32 (an eager engine over a float32 copy of the weights)."""
     f32 = dataclasses.replace(model, decoder=copy.deepcopy(model.decoder).float())
-    want = GREngine(f32, serve).recommend(requests[:count])
-    del f32
-    got = GREngine(model, serve).recommend(requests[:count])
+    return GREngine(f32, _eager(model)).recommend(requests[:count])
+
+
+def _top_k_agreement(want: list, got: list) -> float:
+    """Share of the float32 top-K items (``want``) that another precision also returns, averaged over requests."""
     shared = [len({i.item_id for i in a} & {i.item_id for i in b}) / max(1, len(a)) for a, b in zip(want, got)]
     return sum(shared) / len(shared)
 
@@ -155,17 +169,33 @@ def _hf(decoder, catalog, requests, seconds: float) -> dict:
     return result
 
 
+def _fp8(model: GRModel, requests, seconds: float, want: list, flops: float, peaks: dict) -> dict:
+    """The float8 engine (serve.linear_precision: float8) measured as the bf16 one is: closed and open loop, its
+    kernels at the largest batch, its top-K agreement with float32, and its MFU against both measured rates."""
+    engine, warmup_s = warm_engine(model, dataclasses.replace(model.config.serve, linear_precision="float8"))
+    out = {"warmup_s": warmup_s, "float8_layers": len(engine.float8_layers),
+           **_measure(engine, requests, seconds, sweep=True)}
+    R = engine.batch_buckets[-1]
+    out["profile"] = {f"R{R}": kernel_profile(engine, requests, R)}
+    out["top_k_agreement"] = _top_k_agreement(want, engine.recommend(requests[:len(want)]))  # compiled, as served
+    rps = max(out["max_rps_at_p99_limit"], out["c4"]["throughput_rps"])
+    out["mfu"] = {"vs_bf16_rate": flops * rps / (peaks["bf16_tflops"] * 1e12),
+                  "vs_fp8_rate": flops * rps / (peaks["fp8_tflops"] * 1e12)}
+    return out
+
+
 def bench_workload(w: Workload, seconds: float = 3.0, ablations: bool = True, hf: bool = True,
-                   sweeps: bool = False) -> dict:
-    """Every figure of one workload; see ../shared/BENCHMARKS.md for what each means."""
+                   sweeps: bool = False, fp8: bool = False) -> dict:
+    """Every figure of one workload; see ../shared/BENCHMARKS.md for what each means. ``fp8``: the float8
+    engine too, beside bf16 (``result["fp8"]``)."""
     cfg = w.model_config()
-    steps = tqdm(total=4 + (len(ABLATIONS) if ablations else 0) + hf + sweeps, desc=w.name)
+    steps = tqdm(total=4 + fp8 + (len(ABLATIONS) if ablations else 0) + hf + sweeps, desc=w.name)
     decoder = random_decoder(cfg, seed=0, device="cuda").to(torch.bfloat16)
     catalog = random_catalog(w.catalog_items, cfg.levels, cfg.codes, seed=0)
     requests = workload_requests(w, catalog, cfg)
     model = workload_model(w, decoder, catalog, cfg)
     serve = model.config.serve
-    result: dict = {"workload": dataclasses.asdict(w), "peaks": device_peaks()}
+    result: dict = {"workload": dataclasses.asdict(w), "peaks": device_peaks(fp8)}
     steps.update()
     engine, result["warmup_s"] = warm_engine(model, serve)
     result["xgr"] = _measure(engine, requests, seconds, sweep=True)
@@ -187,8 +217,15 @@ def bench_workload(w: Workload, seconds: float = 3.0, ablations: bool = True, hf
     result["decode_over_floor"] = decode_ms / result["decode_floor_ms"]
     result["c1_p50_over_floor"] = c1 * 1e3 / result["floor_ms"]
     steps.update()
-    result["bf16_top_k_agreement"] = _bf16_agreement(model, requests)
+    want = _float32_top_k(model, requests)
+    bf16 = GREngine(model, _eager(model)).recommend(requests[:len(want)])
+    result["bf16_top_k_agreement"] = _top_k_agreement(want, bf16)
     steps.update()
+    if fp8:
+        result["fp8"] = _fp8(model, requests, seconds, want, flops["total"], result["peaks"])
+        gc.collect()
+        torch.cuda.empty_cache()
+        steps.update()
     if ablations:
         result["ablations"] = {}
         for name, change in ABLATIONS.items():

@@ -20,6 +20,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="skip the ablations (each xGR technique switched off in turn); only the full engine")
     p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face transformers baseline")
     p.add_argument("--sweeps", action="store_true", help="also the scaling sweeps (beam width, prompt, catalog)")
+    p.add_argument("--fp8", action="store_true",
+                   help="also the float8 engine (serve.linear_precision: float8; needs torchao and a GPU of compute "
+                        "capability >= 8.9), beside bf16: closed and open loop, top-K agreement with float32, MFU")
     p.add_argument("--report", action="store_true", help="only regenerate docs/benchmarks.md from the JSON")
     p.add_argument("--append", action="store_true", help="add to (or replace in) an existing bench.json")
 
@@ -29,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..bench.report import markdown_table, plot, plot_sweeps, write_markdown
     from ..bench.run import bench_workload
+    from ..engine.precision import check_float8_device
 
     unknown = [w for w in args.workloads if w not in WORKLOADS]
     if unknown:
@@ -39,13 +43,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not torch.cuda.is_available():
         raise ValueError("xgr bench needs a CUDA GPU")
+    if args.fp8:  # before the bf16 half of every workload is measured
+        check_float8_device(torch.device("cuda", torch.cuda.current_device()), torch.bfloat16)
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
             "command": "xgr bench " + " ".join(sys.argv[2:])}
     existing = out / "bench.json"
     results = json.loads(existing.read_text()) if args.append and existing.exists() else {"workloads": {}}
     out.mkdir(parents=True, exist_ok=True)
     for name in args.workloads:
-        result = bench_workload(WORKLOADS[name], args.seconds, not args.no_ablations, not args.no_hf, args.sweeps)
+        result = bench_workload(WORKLOADS[name], args.seconds, not args.no_ablations, not args.no_hf, args.sweeps,
+                                args.fp8)
         results["workloads"][name] = {"meta": meta, **result}
         (out / "bench.json").write_text(json.dumps(results, indent=1))  # keep what is done
     plot(results, out / "bench.png")

@@ -32,6 +32,7 @@ from .batch import BeamBatch, make_batch, to_items
 from .beam_search import BeamSearch
 from .catalog_index import CatalogIndex
 from .kv_cache import BeamKVCache
+from .precision import apply_linear_precision
 from .prompt_store import BlockPlan, PromptStore
 from .scheduler import BatchScheduler
 
@@ -94,6 +95,10 @@ class GREngine:
         param = next(model.decoder.parameters())
         self.device = param.device
         self.cuda = self.device.type == "cuda"
+        decoder = model.decoder.sharing_weights()  # the model's own decoder stays as it is
+        decoder.fuse_projections()
+        # the linear layers in serve.linear_precision (float8: quantized after fusing, so qkv is one product)
+        self.float8_layers = apply_linear_precision(decoder, self.serve)
         cache = BeamKVCache()
         cache.setup(cfg.num_layers, self.batch_buckets[-1], self.prompt_buckets[-1], self.beam_width, cfg.levels,
                     cfg.num_kv_heads, cfg.head_dim, param.dtype, self.device)
@@ -101,8 +106,6 @@ class GREngine:
         self.store = PromptStore(self.serve.prefix_cache_bytes, self.serve.prefix_cache_block, self.prompt_buckets,
                                  cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, param.dtype, self.device) \
             if self.serve.prefix_cache_bytes else None
-        decoder = model.decoder.sharing_weights()  # the model's own decoder stays as it is
-        decoder.fuse_projections()
         if self.serve.compile:
             self._compile(decoder)
         self.search = BeamSearch(decoder, CatalogIndex(model.catalog, self.device), cache, self.beam_width,
@@ -121,7 +124,14 @@ class GREngine:
         cfg = self.model.config.model
         suffixes = len(self.serve.prefix_cache_suffixes or self.prompt_buckets)
         shapes = len(self.batch_buckets) * max(len(self.prompt_buckets) + suffixes + 1, cfg.levels)
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * shapes)
+        # layers whose linear layers differ in precision (serve.float8_skip naming some) compile apart: a handoff
+        # region is one graph per (its layer's kind, the following layer's kind)
+        kinds = len({tuple(n.split(".", 2)[2] for n in self.float8_layers if n.startswith(f"layers.{i}."))
+                     for i in range(cfg.num_layers)})
+        # A region's code is shared by every engine of the process, and an engine of another dtype, precision or
+        # model shape (the benchmark's float8 beside bf16, tests) adds graphs of its own to it: past the limit a
+        # fullgraph compile raises, so each engine raises the limit by what it may add.
+        torch._dynamo.config.recompile_limit += 2 * shapes * kinds**2
         decoder.compile_layers(dynamic=False)
 
     def _search(self, batch: BeamBatch, blocks: BlockPlan | None = None,

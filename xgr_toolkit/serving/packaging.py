@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from ..compile_cache import compiled_shapes, read_manifest
+from ..compile_cache import compiled_shapes, exported_precision, read_manifest
 from ..config import ServeConfig, XGRConfig, load_config
 from ..engines import ENGINES
 from ..model_dir import CATALOG_FILE, CONFIG_FILE, WEIGHTS_FILE, check_model_files
@@ -84,15 +84,17 @@ def _with_defaults(options: PackageOptions, serve: ServeConfig) -> PackageOption
         else options.max_batch_delay_ms)
 
 
-def model_config(options: PackageOptions, compile_cache: bool = False) -> dict:
-    """The archive's ``model-config.yaml`` as a dict (TorchServe's keys, then the handler's)."""
+def model_config(options: PackageOptions, compile_cache: bool = False, linear_precision: str = "dtype") -> dict:
+    """The archive's ``model-config.yaml`` as a dict (TorchServe's keys, then the handler's). ``linear_precision``
+    (the model directory's ``serve.linear_precision``) is recorded for whoever deploys the archive, and the
+    handler refuses a compile cache built for another."""
     options = _with_defaults(options, ServeConfig())
     config = {"minWorkers": options.min_workers, "maxWorkers": options.max_workers,
               "batchSize": options.batch_size, "maxBatchDelay": options.max_batch_delay_ms,
               "responseTimeout": options.response_timeout_s, "startupTimeout": options.startup_timeout_s}
     if options.device_type:
         config["deviceType"] = options.device_type
-    handler = {"engine": options.engine, "max_beam_width": options.max_beam_width}
+    handler = {"engine": options.engine, "max_beam_width": options.max_beam_width, "linear_precision": linear_precision}
     if compile_cache:  # what `xgr export` compiled: the workers compile too, whatever config.yaml says
         handler["compile_cache"] = COMPILE_CACHE_DIR
         handler["compile"] = True
@@ -114,6 +116,10 @@ def _check_compile_cache(path: Path, manifest: dict, options: PackageOptions, co
     compiled = dataclasses.replace(config, serve=dataclasses.replace(config.serve, compile=True))  # as the workers
     wanted = json.loads(json.dumps(compiled_shapes(compiled, options.max_beam_width)))
     shapes = manifest.get("shapes") or {}
+    precision = exported_precision(manifest)
+    if precision != config.serve.linear_precision:
+        raise ValueError(f"{where}: compiled for serve.linear_precision {precision!r}, {CONFIG_FILE} has "
+                         f"{config.serve.linear_precision!r}; export it again from this model directory")
     differ = sorted(k for k in wanted if shapes.get(k) != wanted[k])
     if differ:
         raise ValueError(f"{where}: exported for another model or serve config ({', '.join(differ)} differ from "
@@ -167,7 +173,8 @@ def package_model(model_dir: str | Path, name: str, out: str | Path = "model_sto
             shutil.copytree(compile_cache, staged / "cache" / COMPILE_CACHE_DIR, ignore=shutil.ignore_patterns("locks"))
             extra.append(staged / "cache")
         yaml_path = staged / MODEL_CONFIG_FILE
-        yaml_path.write_text(yaml.safe_dump(model_config(options, compile_cache is not None), sort_keys=False))
+        yaml_path.write_text(yaml.safe_dump(model_config(options, compile_cache is not None,
+                                                         config.serve.linear_precision), sort_keys=False))
         generate_model_archive(ModelArchiverConfig(
             model_name=name, handler=str(handler), version=options.version,
             extra_files=",".join(str(p) for p in extra), export_path=str(out), archive_format="default",
