@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 for stage in "$@"; do
   echo "=== $stage $(date +%T)"
   case $stage in
-    tests) python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 ;;
+    tests) timeout ${TESTS_TIMEOUT:-540} python3 -m pytest -q -m gpu -p no:cacheprovider --durations=15 tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 ;;
     core) timeout ${CORE_TIMEOUT:-300} python3 tools/bench_core.py 2>&1 | tee "$OUT/core.log" | tail -40
           cp docs/benchmarks/core_microbench.* "$OUT"/ 2>/dev/null ;;
     bench:*) # into $OUT/b (what a killed call wrote still comes back), added to docs/benchmarks/bench.json
