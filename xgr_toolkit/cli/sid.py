@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from ..data import (
     build_sids,
     collaborative_embeddings,
     combine_embeddings,
+    is_dedup_level,
     leave_one_out,
     load_interactions,
     load_item_embeddings,
@@ -22,9 +24,11 @@ from ..data import (
     sid_report,
     text_embeddings,
 )
+from ..data.collaborative_embeddings import SasRecConfig, cold_fallback, cold_mask, sasrec_embeddings
 from ..data.embedding_file import EMBEDDINGS_TENSOR, ITEM_IDS_TENSOR
 
 DEFAULT_OUT = "build/sids/semantic_ids.rqkmeans.json"
+EMBEDDINGS = ("cooc", "text", "both", "sasrec", "sasrec+text")
 FILE_FORMAT = (f"a safetensors file with tensors '{ITEM_IDS_TENSOR}' (int64 [N]) and '{EMBEDDINGS_TENSOR}' "
                f"(float32 [N, D]; float16/bfloat16 read too), row r for item id {ITEM_IDS_TENSOR}[r]")
 
@@ -45,10 +49,13 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    f"default {DEFAULT_OUT}")
     b.add_argument("--levels", type=int, default=3, help="RQ-KMeans levels L (before the de-dup level)")
     b.add_argument("--codes", type=int, default=256, help="codes a level C")
-    b.add_argument("--embeddings", choices=("cooc", "text", "both"), default="cooc",
+    b.add_argument("--embeddings", choices=EMBEDDINGS, default="cooc",
                    help="cooc: PPMI-SVD of co-occurrence in the training parts; text: a local sentence encoder "
                         "over item text, or the vectors of --embeddings-file; both: co-occurrence and those "
-                        "concatenated (each L2-normalised, equal weight)")
+                        "concatenated (each L2-normalised, equal weight); sasrec: a SASRec-style next-item "
+                        "model trained on the training parts (cold items: a seeded random direction each); "
+                        "sasrec+text: that and the text vectors concatenated (cold items: the mean of their "
+                        "10 nearest warm items by text)")
     b.add_argument("--embeddings-file", default=None, metavar="PATH",
                    help=f"precomputed item embeddings in place of the text encoder (with --embeddings text or "
                         f"both): {FILE_FORMAT}; every item of --data needs a row, other rows are ignored "
@@ -56,6 +63,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     _add_text_args(b)
     b.add_argument("--dim", type=int, default=64, help="embedding dimension (truncated SVD rank)")
     b.add_argument("--window", type=int, default=5, help="co-occurrence window within a sequence")
+    b.add_argument("--sasrec-epochs", type=int, default=SasRecConfig.epochs,
+                   help="epochs of the next-item model of --embeddings sasrec (over all training parts)")
     b.add_argument("--iters", type=int, default=50, help="k-means iterations a level")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--no-dedup", action="store_true",
@@ -69,9 +78,13 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     e.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                    help="stored precision (float16 halves the file)")
     e.add_argument("--device", default="cpu", help="encoder device: cpu, cuda or cuda:N")
-    r = sub.add_parser("report", help="collisions and code usage of a SID file")
+    r = sub.add_parser("report", help="code balance a level, collisions (before a de-dup level) and cold items "
+                       "of a SID file")
     r.add_argument("path", help="a .json SID file (keys item_id-1) or an item_id,code_0,... CSV")
     r.add_argument("--codes", type=int, default=None, help="codes a level (default: largest code + 1)")
+    r.add_argument("--data", default=None, help="sequences.txt or a RecBole .inter file: also count the cold "
+                   "items (in no leave-one-out training part) and the data's items without a SID")
+    r.add_argument("--json", default=None, help="also write the report to this JSON file")
 
 
 def _text_part(args: argparse.Namespace, items: list[int]) -> torch.Tensor:
@@ -95,37 +108,80 @@ def _embed_text(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    catalog = load_sids(args.path, args.codes)
+    order = catalog.item_ids.argsort()
+    codes = catalog.codes[order]  # [N, L], item-id order (the de-dup level numbers items in that order)
+    dedup = is_dedup_level(codes)
+    levels = codes[:, :-1] if dedup else codes
+    report = sid_report(codes)
+    before = sid_report(levels)
+    record = {"path": str(args.path), "num_codes": catalog.num_codes, "dedup_level": dedup,
+              "sids": report.to_json(), "before_dedup": before.to_json()}
+    print(f"{args.path}: {report.items} items, {catalog.levels} levels x {catalog.num_codes} codes; "
+          + (f"the last level is a de-dup level (numbers the items sharing the first {catalog.levels - 1})"
+             if dedup else "no de-dup level"))
+    for line in report.balance_lines(catalog.num_codes):
+        print(f"  {line}")
+    print(f"SIDs: {report.distinct_sids} distinct, {report.colliding_items} collisions (largest group "
+          f"{report.largest_group})")
+    if dedup:
+        print(f"before the de-dup level ({catalog.levels - 1} levels): {before.distinct_sids} distinct, "
+              f"{before.colliding_items} collisions (largest group {before.largest_group})")
+    if args.data:
+        data = load_interactions(args.data)
+        items = data.item_ids
+        cold = cold_mask(leave_one_out(data).train, items)
+        missing = sorted(set(items) - set(catalog.item_ids.tolist()))
+        record.update({"data": str(args.data), "data_items": len(items), "cold_items": int(cold.sum()),
+                       "items_without_sid": len(missing)})
+        print(f"data {args.data}: {len(items)} items, {int(cold.sum())} cold (in no training part), "
+              f"{len(missing)} without a SID{f' (e.g. {missing[:5]})' if missing else ''}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(record, indent=1))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.sid_command == "report":
-        catalog = load_sids(args.path, args.codes)
-        for line in sid_report(catalog.codes).lines(catalog.num_codes):
-            print(line)
-        return 0
+        return _report(args)
     if args.sid_command == "embed-text":
         return _embed_text(args)
-    if args.embeddings_file and args.embeddings == "cooc":
+    if args.embeddings_file and args.embeddings in ("cooc", "sasrec"):
         raise ValueError("--embeddings-file takes the text encoder's place: add --embeddings text (the file's "
-                         "vectors alone) or --embeddings both (co-occurrence + the file's vectors)")
+                         "vectors alone), both (co-occurrence + the file's vectors) or sasrec+text")
     start = time.perf_counter()
     data = load_interactions(args.data)
     split = leave_one_out(data)
     print(f"data: {len(split)} users, {len(data.item_ids)} items; embeddings from the training parts only")
     items = data.item_ids  # ascending
-    from_file = load_item_embeddings(args.embeddings_file, items) if args.embeddings_file else None
+    text = None
+    if args.embeddings in ("text", "both", "sasrec+text"):
+        if args.embeddings_file:
+            text = load_item_embeddings(args.embeddings_file, items)
+            print(f"embeddings file {args.embeddings_file}: {text.shape[1]} dims for all {len(items)} items")
+        else:
+            text = _text_part(args, items)
+    cold = cold_mask(split.train, items)  # [N]
     parts = []
     if args.embeddings in ("cooc", "both"):
         parts.append(collaborative_embeddings(split.train, items, args.dim, args.window, args.seed))
-    if args.embeddings in ("text", "both"):
-        if from_file is not None:
-            print(f"embeddings file {args.embeddings_file}: {from_file.shape[1]} dims for all {len(items)} items")
-            parts.append(from_file)
-        else:
-            parts.append(_text_part(args, items))
-    seen = {i for train in split.train for i in train}
+    if args.embeddings.startswith("sasrec"):
+        cfg = SasRecConfig(dim=args.dim, epochs=args.sasrec_epochs, seed=args.seed, device=args.device)
+        emb, losses = sasrec_embeddings(split.train, items, cfg)
+        print(f"sasrec: {cfg.layers} layers, dim {cfg.dim}, {cfg.epochs} epochs; training loss "
+              f"{losses[0]:.3f} -> {losses[-1]:.3f}")
+        parts.append(cold_fallback(emb, cold, text, seed=args.seed))
+    if text is not None:
+        parts.append(text)
     built = build_sids(combine_embeddings(*parts), items, args.levels, args.codes, args.iters, args.seed,
-                       dedup=not args.no_dedup, device=args.device, cold_items=sum(i not in seen for i in items))
+                       dedup=not args.no_dedup, device=args.device, cold_items=int(cold.sum()))
     print(f"RQ-KMeans {args.levels} x {args.codes}: " + "; ".join(built.before_dedup.lines(args.codes)))
-    print(f"cold items (in no training part: zero collaborative embedding): {built.cold_items}")
+    fallback = {"cooc": "zero co-occurrence embedding", "both": "zero co-occurrence embedding, text alone",
+                "text": "text alone", "sasrec": "a seeded random direction each",
+                "sasrec+text": "the mean of their 10 nearest warm items by text"}[args.embeddings]
+    print(f"cold items (in no training part): {built.cold_items}; their collaborative part: {fallback}")
     if not args.no_dedup:
         print(f"with the de-dup level ({args.levels + 1} levels): " + "; ".join(built.after.lines(args.codes)))
     path = save_sids(built.catalog, Path(args.out))
