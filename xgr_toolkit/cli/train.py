@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..data import DEFAULT_MAX_HISTORY, leave_one_out, load_interactions, load_sids
-from ..training import TrainConfig, gr_model_config, train_model_dir
+from ..training import DEFAULT_DROPOUT, DEFAULT_SIZE, RECIPE, SIZES, TrainConfig, gr_model_config, train_model_dir
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -15,15 +15,19 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="model directory to write (e.g. build/models/beauty-letter)")
     p.add_argument("--limit-users", type=int, default=None, help="train on the first N users only (a slice)")
     p.add_argument("--max-history", type=int, default=DEFAULT_MAX_HISTORY, help="most recent items a prompt holds")
-    model = p.add_argument_group("model shape")
-    model.add_argument("--layers", type=int, default=4)
-    model.add_argument("--hidden", type=int, default=256)
-    model.add_argument("--heads", type=int, default=4)
-    model.add_argument("--kv-heads", type=int, default=4)
-    model.add_argument("--mlp", type=int, default=1024, help="SwiGLU intermediate size")
-    model.add_argument("--dropout", type=float, default=0.1, help="on embeddings and residual branches (training)")
-    opt = p.add_argument_group("optimisation")
-    d = TrainConfig()
+    model = p.add_argument_group("model shape (each option overrides --size's value)")
+    model.add_argument("--size", choices=sorted(SIZES), default=DEFAULT_SIZE,
+                       help=", ".join(f"{k}: {v.layers} layers, hidden {v.hidden}, {v.heads} heads ({v.kv_heads} kv), "
+                                      f"mlp {v.mlp}" for k, v in SIZES.items()))
+    model.add_argument("--layers", type=int, default=None)
+    model.add_argument("--hidden", type=int, default=None)
+    model.add_argument("--heads", type=int, default=None)
+    model.add_argument("--kv-heads", type=int, default=None)
+    model.add_argument("--mlp", type=int, default=None, help="SwiGLU intermediate size")
+    model.add_argument("--dropout", type=float, default=DEFAULT_DROPOUT,
+                       help="on embeddings and residual branches (training)")
+    opt = p.add_argument_group("optimisation (defaults: the recipe of docs/training.md)")
+    d = RECIPE
     opt.add_argument("--epochs", type=float, default=d.epochs)
     opt.add_argument("--batch-size", type=int, default=d.batch_size)
     opt.add_argument("--lr", type=float, default=d.lr)
@@ -46,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     if args.limit_users:
         split = split.slice(args.limit_users)
     catalog = load_sids(args.sids, args.codes)
+    size = SIZES[args.size]
+    for key in ("layers", "hidden", "heads", "kv_heads", "mlp"):
+        if getattr(args, key) is None:
+            setattr(args, key, getattr(size, key))
     model_cfg = gr_model_config(catalog, args.layers, args.hidden, args.heads, args.kv_heads, args.mlp,
                                 args.max_history, dropout=args.dropout)
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -56,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"data: {len(split)} users; SIDs: {len(catalog)} items, {catalog.levels} levels x {catalog.num_codes} codes; "
           f"model: {args.layers} layers, hidden {args.hidden}, vocabulary {model_cfg.vocab_size}")
     path, result = train_model_dir(args.out, split, catalog, model_cfg, train_cfg, args.max_history,
-                                   extra={"data": str(args.data), "sids": str(args.sids)})
+                                   extra={"data": str(args.data), "sids": str(args.sids), "size": args.size})
     losses = ", ".join(f"{x:.3f}" for x in result.epoch_losses)
     print(f"trained {result.steps} steps in {result.seconds:.1f} s; epoch losses {losses}")
     if result.best_epoch:

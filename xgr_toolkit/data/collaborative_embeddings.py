@@ -3,9 +3,8 @@
 The toolkit's own :class:`~xgr_toolkit.modules.GRDecoder` reads items as tokens (one "level" whose
 codes are the items: token ``1 + r`` for the r-th item id in ascending order, 0 pads) and is trained,
 causally at every position, to predict each next item of every user's **training part** with a full
-softmax over all items, its
-output layer tied to the input embeddings (as SASRec). Only the training parts are read, so the
-validation and test targets never leak into the SIDs built from these embeddings.
+softmax over all items, its output layer tied to the input embeddings (as SASRec). Only the training
+parts are read, so the validation and test targets never leak into the SIDs built from these embeddings.
 
 Items in no training part (cold items) get no gradient as inputs and only the softmax's push-down
 as outputs, so their rows mean nothing. :func:`cold_fallback` replaces them deterministically: the
