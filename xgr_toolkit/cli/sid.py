@@ -65,6 +65,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     b.add_argument("--window", type=int, default=5, help="co-occurrence window within a sequence")
     b.add_argument("--sasrec-epochs", type=int, default=SasRecConfig.epochs,
                    help="epochs of the next-item model of --embeddings sasrec (over all training parts)")
+    b.add_argument("--sasrec-negatives", type=int, default=SasRecConfig.negatives,
+                   help="0: full softmax over all items (default); K > 0: sampled softmax over K shared "
+                        "random negatives a batch (cheaper on a CPU)")
     b.add_argument("--iters", type=int, default=50, help="k-means iterations a level")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--no-dedup", action="store_true",
@@ -168,9 +171,11 @@ def run(args: argparse.Namespace) -> int:
     if args.embeddings in ("cooc", "both"):
         parts.append(collaborative_embeddings(split.train, items, args.dim, args.window, args.seed))
     if args.embeddings.startswith("sasrec"):
-        cfg = SasRecConfig(dim=args.dim, epochs=args.sasrec_epochs, seed=args.seed, device=args.device)
+        cfg = SasRecConfig(dim=args.dim, epochs=args.sasrec_epochs, negatives=args.sasrec_negatives, seed=args.seed,
+                           device=args.device)
         emb, losses = sasrec_embeddings(split.train, items, cfg)
-        print(f"sasrec: {cfg.layers} layers, dim {cfg.dim}, {cfg.epochs} epochs; training loss "
+        softmax = f"sampled softmax ({cfg.negatives} negatives)" if cfg.negatives else "full softmax"
+        print(f"sasrec: {cfg.layers} layers, dim {cfg.dim}, {cfg.epochs} epochs, {softmax}; training loss "
               f"{losses[0]:.3f} -> {losses[-1]:.3f}")
         parts.append(cold_fallback(emb, cold, text, seed=args.seed))
     if text is not None:

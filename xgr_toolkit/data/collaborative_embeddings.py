@@ -39,6 +39,7 @@ class SasRecConfig:
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.01
+    negatives: int = 0  # 0: full softmax over all items; > 0: sampled softmax over this many shared negatives
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
@@ -74,12 +75,23 @@ def _model(cfg: SasRecConfig, num_items: int) -> GRDecoder:
     return decoder
 
 
-def _loss(decoder: GRDecoder, tokens: torch.Tensor) -> torch.Tensor:
-    """tokens: [B, T] right-padded -> mean next-item cross-entropy over every non-pad target."""
+def _loss(decoder: GRDecoder, tokens: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
+    """tokens: [B, T] right-padded -> mean next-item cross-entropy over every non-pad target.
+
+    negatives: [K] item tokens shared by the batch -> a sampled softmax over each target and those K
+    (a negative equal to the target is masked out); None: the full softmax over all items.
+    """
     inputs, labels = tokens[:, :-1], tokens[:, 1:].masked_fill(tokens[:, 1:] == PAD, IGNORE_INDEX)  # [B, T-1]
     hidden = decoder.hidden_states(inputs)  # [B, T-1, dim]
     labelled = labels != IGNORE_INDEX
-    return F.cross_entropy(decoder.lm_head(hidden[labelled]).float(), labels[labelled])  # logits [M, V]
+    h, target = hidden[labelled], labels[labelled]  # [M, dim], [M]
+    if negatives is None:
+        return F.cross_entropy(decoder.lm_head(h).float(), target)  # logits [M, V]
+    weight = decoder.lm_head.weight  # [V, dim]
+    positive = (h * weight[target]).sum(1, keepdim=True)  # [M, 1]
+    sampled = (h @ weight[negatives].T).masked_fill(negatives[None, :] == target[:, None], float("-inf"))  # [M, K]
+    logits = torch.cat((positive, sampled), dim=1).float()  # [M, 1 + K], the target in column 0
+    return F.cross_entropy(logits, torch.zeros_like(target))
 
 
 def sasrec_embeddings(train_sequences: list[list[int]], item_ids: list[int],
@@ -109,7 +121,9 @@ def sasrec_embeddings(train_sequences: list[list[int]], item_ids: list[int],
         for b in torch.randperm(len(batches), generator=g).tolist():
             rows = batches[b]
             width = int(lengths[rows[0]])  # the batch's longest (host copy: no device sync a step)
-            loss = _loss(decoder, table[rows.to(cfg.device), :width])
+            negatives = None if cfg.negatives == 0 else \
+                torch.randint(1, len(ids) + 1, (cfg.negatives,), generator=g).to(cfg.device)  # [K]
+            loss = _loss(decoder, table[rows.to(cfg.device), :width], negatives)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
