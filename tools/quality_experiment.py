@@ -15,11 +15,12 @@ The same defaults for every data set (docs/training.md): per seed and SID set,
                      and only that model/width is evaluated on TEST, once.
 LETTER's SIDs (semantic_ids.letter.json beside the data) go through steps 2-3 too, as the comparison.
 
-Every run's record is kept in --work/quality_runs.json, so calls with different --seeds (one GPU call a seed)
-add up; each call writes, over every run recorded so far, quality_results.json (runs, per-SID-set mean and
-sample standard deviation over seeds of the test metrics), quality_results.md (the table) and
-quality_results.png (the plot) to --out (default $OUT, else --work). Data never enters the repository:
---work defaults to build/quality/<data folder name> (git-ignored).
+Every run's record is kept in --work/quality_runs.json, so calls with different --seeds (one GPU call a
+seed) add up (on a fresh machine, put an earlier call's quality_results.json there under that name); each
+call writes, over every run recorded so far, quality_results.json (runs, per-SID-set mean and sample
+standard deviation over seeds of the test metrics), quality_results.md (the table) and quality_results.png
+(the plot) to --out (default $OUT, else --work). Data never enters the repository: --work defaults to
+build/quality/<data folder name> (git-ignored).
 """
 
 from __future__ import annotations
@@ -228,6 +229,8 @@ def main() -> int:
     run_xgr(phases, "popularity", ["eval", "--popularity", "--data", seq, "--split", "both", "--json", str(pop_json)])
     runs_path = work / "quality_runs.json"
     runs = json.loads(runs_path.read_text()) if runs_path.is_file() else []
+    if isinstance(runs, dict):  # an earlier call's quality_results.json put there (a fresh machine)
+        runs = runs["runs"]
     for seed in args.seeds:
         for sids in sid_sets:
             record = one_run(args, seq, sids, seed, work, phases, sid_args, letter)
