@@ -139,8 +139,8 @@ def test_xgr_sid_report_output(tmp_path, capsys):
     assert main(["sid", "report", str(sids), "--codes", "4", "--data", str(data), "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "the last level is a de-dup level" in printed
-    assert "before the de-dup level (2 levels): 4 distinct, 2 collisions (largest group 3)" in printed
-    assert "SIDs: 6 distinct, 0 collisions" in printed
+    assert "before the de-dup level (2 levels): items 6, distinct SIDs 4, collisions 2 (largest group 3)" in printed
+    assert "items 6, distinct SIDs 6, collisions 0 (largest group 1)" in printed
     assert "6 items, 3 cold (in no training part), 0 without a SID" in printed
     assert "level 0: 4/4 codes used, perplexity" in printed
     record = json.loads(out.read_text())

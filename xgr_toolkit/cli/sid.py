@@ -126,11 +126,9 @@ def _report(args: argparse.Namespace) -> int:
              if dedup else "no de-dup level"))
     for line in report.balance_lines(catalog.num_codes):
         print(f"  {line}")
-    print(f"SIDs: {report.distinct_sids} distinct, {report.colliding_items} collisions (largest group "
-          f"{report.largest_group})")
+    print(report.lines(catalog.num_codes)[0])
     if dedup:
-        print(f"before the de-dup level ({catalog.levels - 1} levels): {before.distinct_sids} distinct, "
-              f"{before.colliding_items} collisions (largest group {before.largest_group})")
+        print(f"before the de-dup level ({catalog.levels - 1} levels): " + before.lines(catalog.num_codes)[0])
     if args.data:
         data = load_interactions(args.data)
         items = data.item_ids
