@@ -20,7 +20,7 @@ from xgr_toolkit.data import (
     sasrec_embeddings,
     sid_report,
 )
-from xgr_toolkit.evaluation import hit_rank, popularity_ranking, ranking_metrics
+from xgr_toolkit.evaluation import evaluate_item_neighbours, evaluate_popularity
 
 GROUPS, PER_GROUP = 8, 5  # items 1..40: item i belongs to group (i - 1) // 5
 ITEMS = list(range(1, GROUPS * PER_GROUP + 1))
@@ -52,13 +52,20 @@ def test_sasrec_embeddings_learn_the_planted_groups_and_beat_popularity():
     nearest = _nearest(emb, PER_GROUP - 1)  # [40, 4] row indices = item - 1
     same_group = (nearest // PER_GROUP == torch.arange(len(ITEMS))[:, None] // PER_GROUP).float().mean()
     assert same_group > 0.8  # chance: 4/39
-    # next-item recall of "the nearest items to the last one" against the popularity floor, on the validation targets
-    order = _nearest(emb, 10)
-    ours = ranking_metrics([hit_rank([i + 1 for i in order[t[-1] - 1].tolist()], v)
-                            for t, v in zip(split.train, split.valid, strict=True)])
-    top = popularity_ranking(split, 10)
-    floor = ranking_metrics([hit_rank(top, v) for v in split.valid])
+    # next-item recall of "the items nearest the last one" against the popularity floor, validation targets
+    ours = evaluate_item_neighbours(emb, ITEMS, split, "valid").metrics
+    floor = evaluate_popularity(split, "valid").metrics
     assert ours["recall@10"] > 2 * floor["recall@10"] and ours["ndcg@10"] > 2 * floor["ndcg@10"]
+
+
+def test_item_neighbours_reference():
+    """Two users; item 1's nearest are 2 then 3, item 3's nearest is 1 (itself never counted)."""
+    emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.5, 0.5], [-0.2, 1.0]])  # items 1..4
+    split = leave_one_out({1: [4, 1, 2, 9], 2: [2, 3, 1, 9]})  # validation targets 2 (after 1) and 1 (after 3)
+    result = evaluate_item_neighbours(emb, [1, 2, 3, 4], split, "valid", ks=(1, 2))
+    # user 1: neighbours of 1 are [2, 3, 4] -> rank 0; user 2: of 3 are [2, 1, 4] (cos 0.78, 0.71, 0.55) -> rank 1
+    assert result.ranks == [0, 1]
+    assert result.metrics["recall@1"] == 0.5 and result.metrics["recall@2"] == 1.0
 
 
 def test_sampled_softmax_learns_too():

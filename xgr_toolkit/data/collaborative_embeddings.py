@@ -34,10 +34,10 @@ class SasRecConfig:
     layers: int = 2
     heads: int = 2
     max_len: int = 50  # most recent items of a training part read
-    dropout: float = 0.3
+    dropout: float = 0.1
     epochs: int = 30
     batch_size: int = 256
-    lr: float = 2e-3
+    lr: float = 1e-2  # on Beauty (CPU, 4 epochs): item-NN recall@10 0.0192 at 1e-2 / dropout 0.1, 0.0038 at 2e-3 / 0.3
     weight_decay: float = 0.01
     negatives: int = 0  # 0: full softmax over all items; > 0: sampled softmax over this many shared negatives
     seed: int = 0
