@@ -29,11 +29,11 @@ def evaluate_item_neighbours(embeddings: torch.Tensor, item_ids: list[int], spli
     cases = split.cases(which, max_history=1)  # the last item of the history is all that is used
     last = torch.searchsorted(ids, torch.tensor([c.history[-1] for c in cases]))  # [U] rows
     ranks = []
-    for start in range(0, len(cases), chunk):
-        rows = last[start:start + chunk]
+    for begin in range(0, len(cases), chunk):
+        rows = last[begin:begin + chunk]
         sims = e[rows] @ e.T  # [u, N]
         sims[torch.arange(len(rows)), rows] = -2.0  # never the item itself
         top = ids[sims.topk(min(max(ks), len(ids) - 1), dim=1).indices].tolist()  # [u, K]
-        ranks += [hit_rank(t, c.target) for t, c in zip(top, cases[start:start + chunk], strict=True)]
+        ranks += [hit_rank(t, c.target) for t, c in zip(top, cases[begin:begin + chunk], strict=True)]
     return EvalResult(which, len(cases), ranking_metrics(ranks, ks), time.perf_counter() - start,
                       {"model": "item neighbours"}, ranks)
