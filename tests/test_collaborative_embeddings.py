@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,3 +154,30 @@ def test_xgr_sid_report_output(tmp_path, capsys):
     record = json.loads(out.read_text())
     assert record["dedup_level"] and record["cold_items"] == 3 and record["before_dedup"]["colliding_items"] == 2
     assert record["sids"]["largest_bucket"] == [3, 3, 4]  # the de-dup level: ranks 0, 1, 0, 0, 2, 0
+
+
+INSTRUMENTS = Path(__file__).resolve().parents[1].parent / "shared/data/amazon-instruments"
+
+
+@pytest.mark.skipif(not (INSTRUMENTS / "sequences.txt").is_file(),
+                    reason=f"Amazon Instruments data not found at {INSTRUMENTS} (it lives in ../shared, never in the "
+                           "repository: its licence forbids redistribution)")
+def test_sasrec_sids_on_a_real_slice_are_collision_free_and_report_cold_items(tmp_path, capsys):
+    """The first 1,500 users of Amazon Instruments (no item text): `--embeddings sasrec`, 3 x 64 codes."""
+    lines = (INSTRUMENTS / "sequences.txt").read_text().splitlines()[:1500]
+    data = tmp_path / "sequences.txt"  # a slice under pytest's tmp_path, never in the repository
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "sids.json"
+    assert main(["sid", "build", "--data", str(data), "--out", str(out), "--levels", "3", "--codes", "64",
+                 "--embeddings", "sasrec", "--sasrec-epochs", "2", "--sasrec-negatives", "64", "--iters", "20"]) == 0
+    split = leave_one_out({int(f[0]): [int(i) for i in f[1:]] for f in (line.split() for line in lines)})
+    items = sorted({i for line in lines for i in map(int, line.split()[1:])})
+    cold = int(cold_mask(split.train, items).sum())
+    assert cold > 0 and f"cold items (in no training part): {cold};" in capsys.readouterr().out
+    catalog = load_sid_json(out, 64)
+    assert len(catalog) == len(items) and catalog.num_sids == len(items)  # collision-free with the de-dup level
+    assert main(["sid", "report", str(out), "--codes", "64", "--data", str(data)]) == 0
+    printed = capsys.readouterr().out
+    assert "the last level is a de-dup level" in printed and f"{cold} cold (in no training part)" in printed
+    report = sid_report(catalog.codes[catalog.item_ids.argsort()][:, :3])
+    assert report.codes_used[0] == 64 and report.perplexity[0] > 32  # the first level spread over its codes
