@@ -28,6 +28,7 @@ from xgr_toolkit.data import (  # noqa: E402  (after the path set-up, to run fro
     leave_one_out,
     load_interactions,
     sasrec_embeddings,
+    save_item_embeddings,
 )
 from xgr_toolkit.evaluation import evaluate_item_neighbours, evaluate_popularity  # noqa: E402
 
@@ -45,6 +46,8 @@ def main() -> int:
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--save", default=None, metavar="PATH", help="also write the embeddings as an embeddings file "
+                   "(xgr sid build --embeddings text --embeddings-file PATH makes SIDs of them)")
     args = p.parse_args()
 
     path = Path(args.data)
@@ -60,6 +63,9 @@ def main() -> int:
     else:
         emb = collaborative_embeddings(split.train, items, args.dim, seed=args.seed)
     print(f"{args.embeddings} embeddings of {len(items)} items: {time.perf_counter() - start:.1f} s")
+    if args.save:
+        save_item_embeddings(args.save, items, emb, metadata={"source": f"tools/embedding_check.py {args.embeddings}"})
+        print(f"wrote {args.save}")
     print(f"item neighbours  {evaluate_item_neighbours(emb, items, split, 'valid').line()}")
     print(f"popularity       {evaluate_popularity(split, 'valid').line()}")
     return 0
