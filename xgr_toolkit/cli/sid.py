@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
                        dedup=not args.no_dedup, device=args.device, cold_items=int(cold.sum()))
     print(f"RQ-KMeans {args.levels} x {args.codes}: " + "; ".join(built.before_dedup.lines(args.codes)))
     fallback = {"cooc": "zero co-occurrence embedding", "both": "zero co-occurrence embedding, text alone",
-                "text": "text alone", "sasrec": "a seeded random direction each",
+                "text": "none (text alone)", "sasrec": "a seeded random direction each",
                 "sasrec+text": "the mean of their 10 nearest warm items by text"}[args.embeddings]
     print(f"cold items (in no training part): {built.cold_items}; their collaborative part: {fallback}")
     if not args.no_dedup:
