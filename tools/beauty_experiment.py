@@ -50,7 +50,9 @@ EMBEDDINGS_FILE = "item_text_embeddings.safetensors"  # beside the data: `xgr si
 DEFAULT_SWEEP = ("base", "dropout=0.3", "layers=6,dropout=0.3", "hidden=384,mlp=1536,dropout=0.3")
 SWEEP_KEYS = ("layers", "hidden", "dropout", "epochs", "lr", "batch-size", "mlp", "heads", "kv-heads",
               "weight-decay", "warmup-steps", "label-smoothing", "seed", "patience")  # each is `xgr train --KEY`
-BASE_KEYS = ("layers", "hidden", "mlp", "dropout", "epochs", "batch-size", "lr")  # always passed
+# always passed; label smoothing and patience too, at the values of the runs in docs/results.md (0: xgr train's
+# defaults became 0.1 and 5 with tools/quality_experiment.py's recipe)
+BASE_KEYS = ("layers", "hidden", "mlp", "dropout", "epochs", "batch-size", "lr", "label-smoothing", "patience")
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 
 
@@ -363,7 +365,8 @@ def main() -> int:
     limit = ["--limit-users", args.limit_users] if args.limit_users else []
     train_limit = ["--limit-users", args.train_limit_users] if args.train_limit_users else []
     base = {"layers": args.layers, "hidden": args.hidden, "mlp": args.mlp, "dropout": args.dropout,
-            "epochs": args.epochs, "batch-size": args.batch_size, "lr": args.lr}
+            "epochs": args.epochs, "label-smoothing": "0", "patience": "0",
+            "batch-size": args.batch_size, "lr": args.lr}
     phases: list[dict] = []
 
     emb_file = None

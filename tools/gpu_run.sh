@@ -2,7 +2,9 @@
 # One device call, several stages: `bash tools/gpu_run.sh STAGE...` on the GPU machine, logs under $OUT.
 # Stages: tests (GPU-marked tests), core (ops microbenchmark), bench:WORKLOAD[,WORKLOAD] (xgr bench),
 # cold:WORKLOAD[,WORKLOAD] (tools/cold_start.py), beauty (Amazon Beauty SIDs, training and evaluation;
-# the data carried in .data/, never committed).
+# the data carried in .data/, never committed), quality:DATASET (tools/quality_experiment.py on .data/DATASET
+# with $QUALITY_ARGS, e.g. "--seeds 0 --sid-sets ours": one seed and SID set a call; runs add up in
+# build/quality/DATASET while the machine stays warm, and every call writes the summary over all of them).
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -29,6 +31,10 @@ for stage in "$@"; do
             cp docs/benchmarks/cold_start.json docs/benchmarks/cold_start.png "$OUT"/ 2>/dev/null ;;
     beauty) python3 tools/beauty_experiment.py --device cuda --data .data/amazon-beauty --work /tmp/beauty \
               --out "$OUT" ${BEAUTY_ARGS:-} 2>&1 | tee "$OUT/beauty.log" | grep -v "it/s\]" | tail -40 ;;
+    quality:*) name=${stage#quality:}
+               timeout ${QUALITY_TIMEOUT:-570} python3 tools/quality_experiment.py --device cuda --data ".data/$name" \
+                 --work "build/quality/$name" --out "$OUT" ${QUALITY_ARGS:-} 2>&1 | tee "$OUT/quality_$name.log" \
+                 | grep -v "it/s\]\|step/s\]\|user/s\]\|epoch/s\]" | tail -40 ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

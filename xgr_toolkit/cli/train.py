@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 
 from ..data import DEFAULT_MAX_HISTORY, check_items_have_sids, leave_one_out, load_interactions, load_sids
-from ..training import MLP_RATIO, TrainConfig, gr_model_config, train_model_dir
+from ..training import (
+    DEFAULT_DROPOUT,
+    DEFAULT_SIZE,
+    MLP_RATIO,
+    RECIPE,
+    SIZES,
+    TrainConfig,
+    gr_model_config,
+    train_model_dir,
+)
 from .options import count, device, input_file, number, out_dir
 
 
@@ -20,18 +29,23 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-users", type=count(), default=None,
                    help="train on the first N users only, a slice (default: all users)")
     p.add_argument("--max-history", type=count(), default=DEFAULT_MAX_HISTORY, help="most recent items a prompt holds")
-    model = p.add_argument_group("model shape")
-    model.add_argument("--layers", type=count(), default=4, help="decoder layers")
-    model.add_argument("--hidden", type=count(), default=256, help="hidden size, a multiple of --heads")
-    model.add_argument("--heads", type=count(), default=4, help="attention heads; --hidden / --heads is the head "
-                                                                "dimension, even (rotary pairs)")
-    model.add_argument("--kv-heads", type=count(), default=4, help="key/value heads, a divisor of --heads")
+    model = p.add_argument_group("model shape (each option overrides --size's value)")
+    model.add_argument("--size", choices=sorted(SIZES), default=DEFAULT_SIZE,
+                       help="; ".join(f"{k}: {v.layers} layers, hidden {v.hidden}, {v.heads} heads ({v.kv_heads} kv)"
+                                      for k, v in SIZES.items()))
+    model.add_argument("--layers", type=count(), default=None, help="decoder layers (default: --size's)")
+    model.add_argument("--hidden", type=count(), default=None,
+                       help="hidden size, a multiple of --heads (default: --size's)")
+    model.add_argument("--heads", type=count(), default=None, help="attention heads; --hidden / --heads is the head "
+                                                                   "dimension, even (rotary pairs) (default: --size's)")
+    model.add_argument("--kv-heads", type=count(), default=None,
+                       help="key/value heads, a divisor of --heads (default: --size's)")
     model.add_argument("--mlp", type=count(), default=None,
                        help=f"SwiGLU intermediate size (default: {MLP_RATIO} x --hidden, Qwen3's ratio)")
-    model.add_argument("--dropout", type=number("in [0, 1)", lambda x: 0 <= x < 1), default=0.1,
+    model.add_argument("--dropout", type=number("in [0, 1)", lambda x: 0 <= x < 1), default=DEFAULT_DROPOUT,
                        help="on embeddings and residual branches (training)")
-    opt = p.add_argument_group("optimisation")
-    d = TrainConfig()
+    opt = p.add_argument_group("optimisation (defaults: the recipe of docs/training.md)")
+    d = RECIPE
     opt.add_argument("--epochs", type=number("> 0", lambda x: x > 0), default=d.epochs,
                      help="passes over the training samples (a fraction allowed)")
     opt.add_argument("--batch-size", type=count(), default=d.batch_size, help="samples a step")
@@ -63,7 +77,16 @@ def _check_shape(args: argparse.Namespace) -> None:
         raise ValueError(f"--kv-heads {args.kv_heads} does not divide --heads {args.heads}")
 
 
+def _shape_from_size(args: argparse.Namespace) -> None:
+    """The shape options left out take --size's values (the MLP follows --hidden: gr_model_config)."""
+    size = SIZES[args.size]
+    for key in ("layers", "hidden", "heads", "kv_heads"):
+        if getattr(args, key) is None:
+            setattr(args, key, getattr(size, key))
+
+
 def run(args: argparse.Namespace) -> int:
+    _shape_from_size(args)
     _check_shape(args)
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                             weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
@@ -82,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
           f"model: {args.layers} layers, hidden {args.hidden}, MLP {model_cfg.intermediate_size}, "
           f"vocabulary {model_cfg.vocab_size}")
     path, result = train_model_dir(args.out, split, catalog, model_cfg, train_cfg, args.max_history,
-                                   extra={"data": str(args.data), "sids": str(args.sids)})
+                                   extra={"data": str(args.data), "sids": str(args.sids), "size": args.size})
     losses = ", ".join(f"{x:.3f}" for x in result.epoch_losses)
     print(f"trained {result.steps} steps in {result.seconds:.1f} s; epoch losses {losses}")
     if result.best_epoch:

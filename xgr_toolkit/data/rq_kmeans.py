@@ -9,12 +9,13 @@ the same inputs give the same codes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm import tqdm
 
-__all__ = ["SidReport", "collision_groups", "deduplicate", "kmeans", "rq_kmeans", "sid_report"]
+__all__ = ["SidReport", "collision_groups", "deduplicate", "is_dedup_level", "kmeans", "rq_kmeans", "sid_report"]
 
 
 def _sq_dist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -106,15 +107,41 @@ class SidReport:
     colliding_items: int  # items whose SID some other item also has, minus one a SID
     largest_group: int  # most items sharing one SID
     codes_used: list[int]  # distinct codes a level
+    perplexity: list[float] = field(default_factory=list)  # 2 ** entropy (bits) of each level's code counts
+    largest_bucket: list[int] = field(default_factory=list)  # most items on one code, a level
 
     def lines(self, num_codes: int) -> list[str]:
         usage = ", ".join(f"level {j}: {u}/{num_codes}" for j, u in enumerate(self.codes_used))
         return [f"items {self.items}, distinct SIDs {self.distinct_sids}, collisions {self.colliding_items} "
                 f"(largest group {self.largest_group})", f"codes used: {usage}"]
 
+    def balance_lines(self, num_codes: int) -> list[str]:
+        """One line a level: codes used, perplexity (a uniform spread over C codes gives C), largest bucket."""
+        return [f"level {j}: {u}/{num_codes} codes used, perplexity {p:.1f} (uniform {num_codes}), entropy "
+                f"{math.log2(p):.2f} bits, largest bucket {b} items (uniform {self.items / num_codes:.1f})"
+                for j, (u, p, b) in enumerate(zip(self.codes_used, self.perplexity, self.largest_bucket, strict=True))]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _perplexity(codes: torch.Tensor) -> float:
+    """codes: [N] -> 2 ** (entropy in bits of the code distribution)."""
+    p = torch.unique(codes, return_counts=True)[1].double() / codes.numel()
+    return float(2 ** -(p * p.log2()).sum())
+
 
 def sid_report(codes: torch.Tensor) -> SidReport:
-    """codes: [N, L] -> counts of distinct SIDs, collisions and codes used a level."""
+    """codes: [N, L] -> distinct SIDs, collisions, and each level's codes used, perplexity and largest bucket."""
     uniq, counts = torch.unique(codes, dim=0, return_counts=True)
+    levels = range(codes.shape[1])
     return SidReport(codes.shape[0], uniq.shape[0], codes.shape[0] - uniq.shape[0], int(counts.max()),
-                     [int(torch.unique(codes[:, j]).numel()) for j in range(codes.shape[1])])
+                     [int(torch.unique(codes[:, j]).numel()) for j in levels],
+                     [round(_perplexity(codes[:, j]), 3) for j in levels],
+                     [int(torch.unique(codes[:, j], return_counts=True)[1].max()) for j in levels])
+
+
+def is_dedup_level(codes: torch.Tensor) -> bool:
+    """codes: [N, L], rows in item-id order -> whether the last level is TIGER's de-dup level, i.e. numbers the
+    items sharing the first L - 1 codes 0, 1, 2, ... in row order (what :func:`deduplicate` appends)."""
+    return codes.shape[1] > 1 and torch.equal(collision_groups(codes[:, :-1]), codes[:, -1])
