@@ -49,7 +49,7 @@ def test_throughput_search_finds_the_highest_rate_that_holds(monkeypatch, holds_
 
     monkeypatch.setattr(bench_run, "open_loop", open_loop)
     engine = SimpleNamespace(capacity_rps=lambda prompt_len: 1000.0, submit=None)
-    found = bench_run._throughput_at_limit(engine, [SimpleNamespace(prompt=(1, 2))], 0.5, points=8)  # short
+    found = bench_run.throughput_at_limit(engine, [SimpleNamespace(prompt=(1, 2))], 0.5, points=8)  # short
     searched = 1 if holds_up_to >= 1000 else 8  # the capacity holds: one point, nothing to search
     held = max(r for r in rates[:searched] if r <= holds_up_to)
     if holds_up_to < 1000:
@@ -66,7 +66,7 @@ def test_throughput_search_reports_no_rate_where_even_confirmation_fails(monkeyp
     monkeypatch.setattr(bench_run, "open_loop", lambda submit, requests, rate, seconds: {
         "arrival_rps": rate, "requests": int(rate * seconds), "p99_ms": 50.0 if rate * seconds < 1000 else 900.0})
     engine = SimpleNamespace(capacity_rps=lambda prompt_len: 100.0, submit=None)
-    found = bench_run._throughput_at_limit(engine, [SimpleNamespace(prompt=(1, 2))], 1.0)
+    found = bench_run.throughput_at_limit(engine, [SimpleNamespace(prompt=(1, 2))], 1.0)
     assert found["max_rps_at_p99_limit"] == 0.0 and found["confirmed"] is None
     assert len(found["sweep"]) == 1 + bench_run.CONFIRM_TRIES
 

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import gc
 import time
+from collections.abc import Callable
 
 import torch
 from tqdm import tqdm
@@ -13,15 +14,14 @@ from tqdm import tqdm
 from ..config import ServeConfig
 from ..engine import GREngine
 from ..model_dir import GRModel
-from ..synthetic import random_catalog, random_decoder
 from .flops import request_flops, weight_bytes
 from .hf_baseline import HFConstrainedGenerate
 from .load import closed_loop, open_loop, percentiles
 from .phases import kernel_profile, phase_ms, replay_ms
 from .sweeps import scaling_sweeps
-from .workloads import Workload, warm_engine, workload_model, workload_requests
+from .workloads import Workload, build_workload, warm_engine, workload_requests
 
-__all__ = ["ABLATIONS", "bench_workload", "device_peaks"]
+__all__ = ["ABLATIONS", "LATENCY_LIMIT_MS", "bench_workload", "device_peaks", "throughput_at_limit"]
 
 LATENCY_LIMIT_MS = 200.0
 CONFIRM_REQUESTS, CONFIRM_TRIES = 1000, 3  # the headline rate's own point: enough requests for a P99
@@ -67,19 +67,24 @@ def device_peaks(fp8: bool = False) -> dict[str, float]:
     return peaks
 
 
-def _throughput_at_limit(engine: GREngine, requests, seconds: float, points: int = 8) -> dict:
+def throughput_at_limit(engine: GREngine, requests, seconds: float, points: int = 8,
+                         measure: Callable[[float, float], dict] | None = None) -> dict:
     """The highest Poisson arrival rate whose P99 stays within the limit: the GPU's capacity (full batches
     back to back, from the graphs' replay times) first, then bisection between the highest rate that held
     and the lowest that failed (host-bound workloads such as ``tiny`` hold far below the capacity).
 
     Points of ``seconds`` are searched; the rate found is then confirmed by one point of at least
     ``CONFIRM_REQUESTS`` requests (a P99 of 40 is their maximum, not a percentile), 5% lower each time
-    it fails, ``confirmed`` the point that held (None if none did)."""
+    it fails, ``confirmed`` the point that held (None if none did). ``measure(rate, seconds)`` runs one point
+    (default: :func:`open_loop` over ``requests``; the returning-users benchmark adds the store's figures)."""
+    if measure is None:
+        def measure(rate: float, duration: float) -> dict:
+            return open_loop(engine.submit, requests, rate, duration)
     capacity = engine.capacity_rps(len(requests[0].prompt))
     held, failed, sweep = 0.0, capacity, []
     rate = capacity
     for _ in range(points):
-        point = open_loop(engine.submit, requests, rate, seconds)
+        point = measure(rate, seconds)
         sweep.append(point)
         if point["p99_ms"] <= LATENCY_LIMIT_MS:
             held = rate
@@ -90,7 +95,7 @@ def _throughput_at_limit(engine: GREngine, requests, seconds: float, points: int
         rate = (held + failed) / 2
     confirmed, rate = None, held
     for _ in range(CONFIRM_TRIES if held else 0):
-        point = open_loop(engine.submit, requests, rate, max(seconds, 1.1 * CONFIRM_REQUESTS / rate))
+        point = measure(rate, max(seconds, 1.1 * CONFIRM_REQUESTS / rate))
         sweep.append(point)
         if point["p99_ms"] <= LATENCY_LIMIT_MS and point["requests"] >= CONFIRM_REQUESTS:
             confirmed = point
@@ -133,7 +138,7 @@ def _top_k_agreement(want: list, got: list) -> float:
 def _measure(engine: GREngine, requests, seconds: float, sweep: bool) -> dict:
     out = {f"c{c}": closed_loop(engine.submit, requests, c, seconds, 10_000) for c in (1, 4)}
     if sweep:
-        out.update(_throughput_at_limit(engine, requests, seconds))
+        out.update(throughput_at_limit(engine, requests, seconds))
     torch.cuda.reset_peak_memory_stats()
     closed_loop(engine.submit, requests, 4, min(seconds, 1.0), 64)
     out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -190,10 +195,9 @@ def bench_workload(w: Workload, seconds: float = 3.0, ablations: bool = True, hf
     engine too, beside bf16 (``result["fp8"]``)."""
     cfg = w.model_config()
     steps = tqdm(total=4 + fp8 + (len(ABLATIONS) if ablations else 0) + hf + sweeps, desc=w.name)
-    decoder = random_decoder(cfg, seed=0, device="cuda").to(torch.bfloat16)
-    catalog = random_catalog(w.catalog_items, cfg.levels, cfg.codes, seed=0)
+    model = build_workload(w)
+    decoder, catalog = model.decoder, model.catalog
     requests = workload_requests(w, catalog, cfg)
-    model = workload_model(w, decoder, catalog, cfg)
     serve = model.config.serve
     result: dict = {"workload": dataclasses.asdict(w), "peaks": device_peaks(fp8)}
     steps.update()

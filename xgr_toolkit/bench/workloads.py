@@ -14,8 +14,9 @@ from ..config import BeamConfig, ModelConfig, ServeConfig, XGRConfig, preset
 from ..engine import GREngine
 from ..model_dir import GRModel
 from ..request import RecRequest, sid_tokens
+from ..synthetic import random_catalog, random_decoder
 
-__all__ = ["WORKLOADS", "Workload", "warm_engine", "workload_model", "workload_requests"]
+__all__ = ["WORKLOADS", "Workload", "build_workload", "warm_engine", "workload_model", "workload_requests"]
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,21 @@ def workload_model(w: Workload, decoder: torch.nn.Module, catalog: ItemCatalog, 
                              serve=dataclasses.replace(default, **serve)), decoder, catalog)
 
 
-def workload_requests(w: Workload, catalog: ItemCatalog, cfg: ModelConfig, count: int = 64) -> list[RecRequest]:
-    """Histories of random catalog items, written as exactly P prompt tokens."""
-    rng = random.Random(0)
-    items = catalog.codes[torch.tensor([rng.randrange(len(catalog)) for _ in range(count * w.prompt_tokens)])]
-    tokens = sid_tokens(cfg, items).flatten().view(count, -1)[:, :w.prompt_tokens]
-    return [RecRequest(tuple(t.tolist()), w.beam_width, w.top_k) for t in tokens]
+def build_workload(w: Workload, **serve) -> GRModel:
+    """The benchmark's model of ``w`` on the GPU: random bf16 weights and a random catalog, both of seed 0."""
+    cfg = w.model_config()
+    decoder = random_decoder(cfg, seed=0, device="cuda").to(torch.bfloat16)
+    return workload_model(w, decoder, random_catalog(w.catalog_items, cfg.levels, cfg.codes, seed=0), cfg, **serve)
+
+
+def workload_requests(w: Workload, catalog: ItemCatalog, cfg: ModelConfig, count: int = 64,
+                      prompt_tokens: int | None = None, seed: int = 0) -> list[RecRequest]:
+    """Histories of random catalog items, written as exactly ``prompt_tokens`` tokens (default P)."""
+    tokens = prompt_tokens or w.prompt_tokens
+    rng = random.Random(seed)
+    items = catalog.codes[torch.tensor([rng.randrange(len(catalog)) for _ in range(count * tokens)])]
+    rows = sid_tokens(cfg, items).flatten().view(count, -1)[:, :tokens]  # [count, tokens]
+    return [RecRequest(tuple(t.tolist()), w.beam_width, w.top_k) for t in rows]
 
 
 def warm_engine(model: GRModel, serve: ServeConfig) -> tuple[GREngine, float]:

@@ -162,6 +162,15 @@ class PromptStore:
                     del self._lru[key]
                     self._free.append(self._slots.pop(key))
 
+    def clear(self) -> None:
+        """Drop every block (the counters stay): a benchmark point starts from an empty store. Between
+        batches only: a pinned block is a batch in flight."""
+        if self._refs:
+            raise RuntimeError(f"{len(self._refs)} blocks are pinned by batches in flight; clear between batches")
+        self._slots.clear()
+        self._lru.clear()
+        self._free = list(range(self.capacity - 1, -1, -1))
+
     def _pin(self, key: bytes) -> None:
         refs = self._refs.get(key, 0)
         if not refs:
