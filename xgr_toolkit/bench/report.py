@@ -5,14 +5,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["markdown_table", "plot", "plot_sweeps", "write_markdown"]
+__all__ = ["markdown_table", "plot", "plot_returning", "plot_sweeps", "write_markdown"]
 
 
 def _fmt(x, digits: int = 1) -> str:
     return "—" if x is None else f"{x:,.{digits}f}"
 
 
+def _measured(results: dict) -> dict:
+    """The workloads with the main figures (a workload measured only with ``--returning`` has none)."""
+    return {name: w for name, w in results["workloads"].items() if "xgr" in w}
+
+
 def markdown_table(results: dict) -> str:
+    returning = _returning_table(results)
+    results = {**results, "workloads": _measured(results)}
+    if not results["workloads"]:
+        return "\n".join(returning).strip()
     lines = [f"- {name}: {w['meta']['gpu']}, torch {w['meta']['torch']}, `{w['meta']['command']}`"
              for name, w in results["workloads"].items()]
     lines += ["", "| workload | system | P50 c=1 (ms) | P99 c=1 (ms) | P50 c=4 (ms) | P99 c=4 (ms) | req/s c=4 "
@@ -46,7 +55,62 @@ def markdown_table(results: dict) -> str:
                      f"{_fmt(w['floor_ms'], 2)} | {_fmt(w['c1_p50_over_floor'])} | {_fmt(w['decode_floor_ms'], 2)} "
                      f"| {_fmt(w.get('decode_over_floor'), 2)} | {gpu} | {_fmt(100 * w['bf16_top_k_agreement'])}% "
                      f"| {_fmt(w['xgr']['peak_memory_gib'], 2)} | {_fmt(w['warmup_s'])} |")
-    return "\n".join(lines + _fp8_table(results) + _time_split(results) + _sweep_table(results))
+    return "\n".join(lines + _fp8_table(results) + _time_split(results) + _sweep_table(results) + returning)
+
+
+def _returning_table(results: dict) -> list[str]:
+    """Returning users: each fraction's open-loop rate with the prompt store and without it, from one run; the hit
+    ratio and the store's bytes measured over the confirmed point with the store."""
+    runs = {name: w["returning"] for name, w in results["workloads"].items() if "returning" in w}
+    lines = ["", "### Returning users (prompt-KV store on and off, same run, same trace)", ""]
+    lines += [f"- {name}: {r['meta']['gpu']}, torch {r['meta']['torch']}, `{r['meta']['command']}`, "
+              f"serve {', '.join(f'{k}: {v}' for k, v in r['serve'].items())}" for name, r in runs.items()]
+    lines += ["", "| workload | returning fraction | reuse distance mean / median (requests) | hit ratio "
+              "| req/s at P99<=200ms with reuse | without | speed-up | cache (GiB) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, r in runs.items():
+        for row in r["points"]:
+            confirmed = row["reuse"]["confirmed"] or {}
+            hit, held = confirmed.get("hit_ratio"), confirmed.get("bytes_held")
+            d, rps = row["reuse_distance"], [row[s]["max_rps_at_p99_limit"] for s in ("reuse", "no_reuse")]
+            dist = f"{_fmt(d['mean'])} / {d['median']:g}" if d["returns"] else "—"  # no returns: no distance
+            lines.append(f"| {name} | {100 * row['fraction']:.0f}% | {dist} "
+                         f"| {_fmt(None if hit is None else 100 * hit)}{'' if hit is None else '%'} "
+                         f"| {_fmt(rps[0])} | {_fmt(rps[1])} "
+                         f"| {_fmt(row['speedup'], 2)}{'' if row['speedup'] is None else 'x'} "
+                         f"| {_fmt(None if held is None else held / 2**30, 2)} |")
+    return lines if runs else []
+
+
+def plot_returning(results: dict, path: Path) -> bool:
+    """Requests/s at P99 <= 200 ms against the measured hit ratio, one colour per workload: with the store (solid)
+    and without it over the same traces (dashed, at the store's hit ratio). False: no returning-users run."""
+    runs = {name: w["returning"] for name, w in results["workloads"].items() if "returning" in w}
+    if not runs:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, r in runs.items():
+        rows = sorted((row for row in r["points"] if row["reuse"]["confirmed"]),
+                      key=lambda row: row["reuse"]["confirmed"]["hit_ratio"])
+        hits = [row["reuse"]["confirmed"]["hit_ratio"] for row in rows]
+        (line,) = ax.plot(hits, [row["reuse"]["max_rps_at_p99_limit"] for row in rows], marker="o",
+                          label=f"{name}, reuse")
+        ax.plot(hits, [row["no_reuse"]["max_rps_at_p99_limit"] for row in rows], marker="s", linestyle="--",
+                color=line.get_color(), label=f"{name}, no reuse (same traces)")
+    ax.set_xlabel("hit ratio (prompt tokens not prefilled, measured)")
+    ax.set_ylabel("requests/s at P99 <= 200 ms")
+    ax.set_ylim(bottom=0)
+    gpus = sorted({r["meta"]["gpu"] for r in runs.values()})
+    ax.set_title(f"Returning users on {', '.join(gpus)}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
 
 
 def _fp8_table(results: dict) -> list[str]:
@@ -140,7 +204,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, w in results["workloads"].items():
+    for name, w in _measured(results).items():
         sweep = sorted(w["xgr"].get("sweep", []), key=lambda p: p["arrival_rps"])  # searched out of order
         (line,) = ax.plot([p["arrival_rps"] for p in sweep], [p["p99_ms"] for p in sweep], marker="o",
                           label=f"xgr {name}")
@@ -157,7 +221,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("arrival rate (requests/s)")
     ax.set_ylabel("P99 latency (ms)")
-    gpus = sorted({w["meta"]["gpu"] for w in results["workloads"].values()})
+    gpus = sorted({w["meta"]["gpu"] for w in _measured(results).values()})
     ax.set_title(f"xgr_toolkit on {', '.join(gpus)}")
     ax.legend(fontsize=7)
     fig.tight_layout()

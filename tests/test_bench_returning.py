@@ -1,0 +1,125 @@
+"""The returning-users benchmark on the CPU: its trace, its measured point, its table and plot."""
+
+import dataclasses
+import json
+
+import pytest
+
+from xgr_toolkit.bench.report import markdown_table, plot_returning, write_markdown
+from xgr_toolkit.bench.returning import EXTENSION_ITEMS, returning_trace, reuse_block, reuse_distance, trace_point
+from xgr_toolkit.bench.workloads import WORKLOADS, warm_engine, workload_model
+from xgr_toolkit.engine import GREngine
+from xgr_toolkit.synthetic import random_catalog, random_decoder
+
+from engine_cases import assert_same_items
+
+TINY = WORKLOADS["tiny"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = TINY.model_config()
+    return cfg, random_catalog(TINY.catalog_items, cfg.levels, cfg.codes, seed=0)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 0.9])
+def test_the_trace_returns_the_asked_fraction_and_every_prompt_fits(tiny, fraction):
+    cfg, catalog = tiny
+    trace = returning_trace(TINY, catalog, cfg, fraction, requests=1000, active_users=8)
+    returns = sum(k != "first" for k in trace.kinds)
+    assert returns == round(fraction * 1000) and trace.kinds[0] == "first"
+    assert sum(k == "first" for k in trace.kinds) == len(set(trace.users))  # one first visit a user
+    assert all(len(r.prompt) <= TINY.prompt_tokens for r in trace.requests)
+    base = (TINY.prompt_tokens // cfg.levels - EXTENSION_ITEMS[1]) * cfg.levels
+    lengths = {len(r.prompt) - base for r in trace.requests}
+    assert lengths <= {0, cfg.levels, 2 * cfg.levels, 3 * cfg.levels}
+    if fraction:
+        assert {"same", "extended"} <= set(trace.kinds) and lengths == {0, 3, 6, 9}
+
+
+def test_returns_keep_the_users_prefix_and_draw_new_exclusions(tiny):
+    cfg, catalog = tiny
+    trace = returning_trace(TINY, catalog, cfg, 0.9, requests=300, active_users=4)
+    first = {}
+    for r, user, kind in zip(trace.requests, trace.users, trace.kinds):
+        if kind == "first":
+            first[user] = r
+            continue
+        base = first[user].prompt
+        assert r.prompt[:len(base)] == base  # the store's blocks of the base history hit
+        assert (r.prompt == base) == (kind == "same")
+    visits = [r.exclude_items for r, u in zip(trace.requests, trace.users) if u == trace.users[-1]]
+    assert len(visits) > 2 and len(set(visits)) > len(visits) // 2  # drawn anew each visit
+    other_users = {r.prompt[:12] for r, k in zip(trace.requests, trace.kinds) if k == "first"}
+    assert len(other_users) == len(first)  # users' histories differ from the first block on
+
+
+def test_the_trace_is_deterministic_by_seed(tiny):
+    cfg, catalog = tiny
+    a, b = (returning_trace(TINY, catalog, cfg, 0.5, requests=100, seed=3) for _ in range(2))
+    c = returning_trace(TINY, catalog, cfg, 0.5, requests=100, seed=4)
+    assert a == b and a.requests != c.requests
+
+
+def test_the_trace_rejects_what_it_cannot_make(tiny):
+    cfg, catalog = tiny
+    with pytest.raises(ValueError, match="returning fraction"):
+        returning_trace(TINY, catalog, cfg, 1.0)
+    with pytest.raises(ValueError, match="no history"):
+        returning_trace(dataclasses.replace(TINY, prompt_tokens=9), catalog, cfg, 0.5)
+
+
+def test_reuse_distance_on_a_hand_made_trace():
+    # user 0 at 0, 2, 5; user 1 at 1, 6; user 2 once: gaps 2, 3, 5
+    d = reuse_distance([0, 1, 0, 2, 3, 0, 1])
+    assert d == {"returns": 3, "mean": 10 / 3, "median": 3.0}
+    assert reuse_distance([0, 1, 2])["returns"] == 0
+    assert reuse_block(5000) == 40 and reuse_block(512) == 32 and reuse_block(96) == 32 and reuse_block(2465) == 29
+
+
+def test_a_point_with_the_store_hits_and_answers_as_without(tiny):
+    """A 90% returning trace through the engine's scheduler (open loop, CPU): the store's hit ratio over the
+    point is measured and > 0, it holds blocks, and every answer equals the engine's without the store."""
+    cfg, catalog = tiny
+    model = workload_model(TINY, random_decoder(cfg, seed=0), catalog, cfg, device="cpu", dtype="float32",
+                           compile=False, cuda_graphs=False, max_batch=2)
+    trace = returning_trace(TINY, catalog, cfg, 0.9, requests=40, active_users=2)
+    reuse = dataclasses.replace(model.config.serve, prefix_cache_bytes=1 << 24, prefix_cache_block=8,
+                                prefix_cache_suffixes=[16, 32])
+    engine, _ = warm_engine(model, reuse)
+    point = trace_point(engine, trace.requests, rate=200.0, seconds=0.2)
+    assert point["requests"] > 0 and point["hit_ratio"] > 0 and point["bytes_held"] > 0
+    assert point["replayed_past_trace_end"] == max(0, point["requests"] - 40)
+    again = trace_point(engine, trace.requests, rate=200.0, seconds=0.2)  # from an empty store again
+    assert 0 < again["hit_ratio"] < 1
+    engine.close()
+    assert_same_items(GREngine(model).recommend(trace.requests), engine.recommend(trace.requests))
+    without = GREngine(model)
+    assert "hit_ratio" not in trace_point(without, trace.requests, rate=200.0, seconds=0.05)
+    without.close()
+
+
+def _row(fraction, hit, with_, without):
+    point = {"arrival_rps": with_, "requests": 1100, "p99_ms": 150.0, "hit_ratio": hit, "bytes_held": 3 * 2**30}
+    return {"fraction": fraction, "reuse_distance": {"returns": 10, "mean": 35.5, "median": 30.0},
+            "reuse": {"max_rps_at_p99_limit": with_, "confirmed": point if with_ else None},
+            "no_reuse": {"max_rps_at_p99_limit": without, "confirmed": None},
+            "speedup": with_ / without if without else None}
+
+
+def test_the_returning_table_and_plot_from_a_synthetic_json(tmp_path):
+    meta = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.9", "command": "xgr bench long --returning"}
+    results = {"workloads": {"long": {"returning": {"meta": meta, "serve": {"prefix_cache_block": 40},
+                                                    "points": [_row(0.0, 0.0, 22.0, 22.5), _row(0.9, 0.83, 70.0, 22.0),
+                                                               _row(0.5, 0.4, 0.0, 22.0)]}}}}
+    table = markdown_table(results)  # no other figures of `long`: only the returning users' table
+    assert "Returning users" in table and "| workload | system |" not in table
+    assert "| long | 90% | 35.5 / 30 | 83.0% | 70.0 | 22.0 | 3.18x | 3.00 |" in table
+    assert "| long | 50% | 35.5 / 30 | — | 0.0 | 22.0 | 0.00x | — |" in table
+    results["workloads"]["long"]["returning"]["points"][0]["reuse_distance"] = reuse_distance([0, 1])
+    assert "| long | 0% | — | 0.0% | 22.0 | 22.5 | 0.98x | 3.00 |" in markdown_table(results)
+    (tmp_path / "bench.json").write_text(json.dumps(results))
+    write_markdown(tmp_path / "bench.json", tmp_path / "benchmarks.md")
+    assert "3.18x" in (tmp_path / "benchmarks.md").read_text()
+    assert plot_returning(results, tmp_path / "returning.png") and (tmp_path / "returning.png").stat().st_size > 0
+    assert not plot_returning({"workloads": {}}, tmp_path / "none.png")
