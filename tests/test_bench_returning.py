@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from xgr_toolkit.bench import returning
 from xgr_toolkit.bench.report import markdown_table, plot_returning, write_markdown
 from xgr_toolkit.bench.returning import EXTENSION_ITEMS, returning_trace, reuse_block, reuse_distance, trace_point
 from xgr_toolkit.bench.workloads import WORKLOADS, warm_engine, workload_model
@@ -97,6 +98,36 @@ def test_a_point_with_the_store_hits_and_answers_as_without(tiny):
     without = GREngine(model)
     assert "hit_ratio" not in trace_point(without, trace.requests, rate=200.0, seconds=0.05)
     without.close()
+
+
+def test_the_runner_builds_both_engines_and_fills_every_row(tiny, monkeypatch):
+    """bench_returning's wiring on the CPU: the tiny engine with and without the store over three short traces,
+    the rate search replaced by one measured point (it needs captured graphs' replay times)."""
+    cfg, catalog = tiny
+    model = workload_model(TINY, random_decoder(cfg, seed=0), catalog, cfg, device="cpu", dtype="float32",
+                           compile=False, cuda_graphs=False, max_batch=2)
+    monkeypatch.setattr(returning, "build_workload", lambda w: model)
+    monkeypatch.setattr(returning.torch.cuda, "mem_get_info", lambda: (1 << 25, 1 << 26))
+    monkeypatch.setattr(returning, "TRACE_REQUESTS", 30)
+    monkeypatch.setattr(returning, "ACTIVE_USERS", 2)
+    stores = []
+
+    def one_point(engine, requests, seconds, measure):
+        stores.append(engine.store)
+        point = measure(300.0, seconds)
+        return {"max_rps_at_p99_limit": point["arrival_rps"], "confirmed": point, "sweep": [point]}
+
+    monkeypatch.setattr(returning, "throughput_at_limit", one_point)
+    out = returning.bench_returning(TINY, seconds=0.1)
+    json.dumps(out)  # goes into bench.json
+    assert [s is not None for s in stores] == [True] * 3 + [False] * 3
+    assert out["serve"] == {"prefix_cache_bytes": 1 << 24, "prefix_cache_block": 32, "prefix_cache_suffixes": [64]}
+    rows = out["points"]
+    assert [r["fraction"] for r in rows] == [0.0, 0.5, 0.9] and [r["kinds"]["first"] for r in rows] == [30, 15, 3]
+    assert rows[0]["reuse"]["confirmed"]["hit_ratio"] == 0.0 < rows[2]["reuse"]["confirmed"]["hit_ratio"]
+    assert "hit_ratio" not in rows[2]["no_reuse"]["confirmed"]
+    assert all(r["speedup"] == r["reuse"]["max_rps_at_p99_limit"] / r["no_reuse"]["max_rps_at_p99_limit"]
+               for r in rows)
 
 
 def _row(fraction, hit, with_, without):

@@ -92,6 +92,8 @@ CASES = [
     ("load open loop without a rate", ["load", URL, "--body", '{{"history": [1], "k": 1}}', "--mode", "open"],
      "--mode open needs --rate"),
     ("bench zero seconds", ["bench", "--seconds", "0"], "argument --seconds: expected a number > 0; got '0'"),
+    ("bench returning with fp8", ["bench", "long", "--returning", "--fp8"],
+     "--returning measures only the returning users: run --fp8 and --sweeps without it"),
     ("import-hf zero levels", ["import-hf", "T", "{T}/gr", "--catalog", "S", "--sid-offset", "8", "--levels", "0",
                                "--codes", "8"], "argument --levels: expected an integer >= 1; got '0'"),
     # devices that are not there, or not devices

@@ -137,7 +137,7 @@ def bench_returning(w: Workload, seconds: float = 3.0, fractions: tuple[float, .
     and without it, both engines built in this run over the same weights and traces."""
     model = build_workload(w)
     cfg, P = model.config.model, w.prompt_tokens
-    traces = {f: returning_trace(w, model.catalog, cfg, f) for f in fractions}
+    traces = {f: returning_trace(w, model.catalog, cfg, f, TRACE_REQUESTS, ACTIVE_USERS) for f in fractions}
     reuse = {"prefix_cache_bytes": int(cache_fraction * torch.cuda.mem_get_info()[0]),
              "prefix_cache_block": reuse_block(P), "prefix_cache_suffixes": [s for s in SUFFIXES if s < P]}
     rows = [{"fraction": f, "reuse_distance": reuse_distance(t.users),

@@ -23,6 +23,11 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fp8", action="store_true",
                    help="also the float8 engine (serve.linear_precision: float8; needs torchao and a GPU of compute "
                         "capability >= 8.9), beside bf16: closed and open loop, top-K agreement with float32, MFU")
+    p.add_argument("--returning", action="store_true",
+                   help="instead of the other figures, the returning-users benchmark (docs/engine.md): the open-loop "
+                        "rate at P99 <= 200 ms with the prompt-KV store and without it, returning fractions 0, 0.5, "
+                        "0.9; kept beside the workload's other figures in bench.json (with --append), plotted in "
+                        "returning.png")
     p.add_argument("--report", action="store_true", help="only regenerate docs/benchmarks.md from the JSON")
     p.add_argument("--append", action="store_true", help="add to (or replace in) an existing bench.json")
 
@@ -30,13 +35,16 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..bench.report import markdown_table, plot, plot_sweeps, write_markdown
+    from ..bench.report import markdown_table, plot, plot_returning, plot_sweeps, write_markdown
+    from ..bench.returning import bench_returning
     from ..bench.run import bench_workload
     from ..engine.precision import check_float8_device
 
     unknown = [w for w in args.workloads if w not in WORKLOADS]
     if unknown:
         raise ValueError(f"workload(s) {unknown}: unknown; allowed {list(WORKLOADS)}")
+    if args.returning and (args.fp8 or args.sweeps):
+        raise ValueError("--returning measures only the returning users: run --fp8 and --sweeps without it")
     out = Path(args.out)
     if args.report:
         write_markdown(out / "bench.json", out.parent / "benchmarks.md")
@@ -51,11 +59,19 @@ def run(args: argparse.Namespace) -> int:
     results = json.loads(existing.read_text()) if args.append and existing.exists() else {"workloads": {}}
     out.mkdir(parents=True, exist_ok=True)
     for name in args.workloads:
-        result = bench_workload(WORKLOADS[name], args.seconds, not args.no_ablations, not args.no_hf, args.sweeps,
-                                args.fp8)
-        results["workloads"][name] = {"meta": meta, **result}
+        if args.returning:  # beside the workload's other figures, which keep their own meta
+            returning = bench_returning(WORKLOADS[name], args.seconds)
+            results["workloads"].setdefault(name, {})["returning"] = {"meta": meta, **returning}
+        else:
+            result = bench_workload(WORKLOADS[name], args.seconds, not args.no_ablations, not args.no_hf,
+                                    args.sweeps, args.fp8)
+            kept = {"returning": results["workloads"][name]["returning"]} \
+                if "returning" in results["workloads"].get(name, {}) else {}
+            results["workloads"][name] = {"meta": meta, **result, **kept}
         (out / "bench.json").write_text(json.dumps(results, indent=1))  # keep what is done
-    plot(results, out / "bench.png")
+    if any("xgr" in w for w in results["workloads"].values()):
+        plot(results, out / "bench.png")
+    plot_returning(results, out / "returning.png")
     plot_sweeps(results, out / "sweeps.png")
     write_markdown(out / "bench.json", out.parent / "benchmarks.md")
     print(markdown_table(results))
