@@ -91,6 +91,22 @@ def test_pinned_blocks_are_never_evicted_and_the_budget_is_never_exceeded():
     store.release(lease_b)
 
 
+def test_clear_empties_the_store_between_batches_only():
+    store = _store(3)
+    a = tuple(range(12)) + (0,)
+    _, _, lease = _plan(store, a)
+    with pytest.raises(RuntimeError, match="3 blocks are pinned"):
+        store.clear()
+    store.release(lease)
+    _, plan, lease = _plan(store, a)
+    assert (plan.start == 8).all()  # stored: a hit (12 cached, the suffix of 8 starts at P - 8)
+    store.release(lease)
+    store.clear()
+    _, plan, lease = _plan(store, a)
+    assert (plan.start == 0).all() and store.stats()["blocks_held"] == 3 and store.stats()["evictions"] == 0
+    store.release(lease)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_random_traffic_keeps_the_budget_and_the_refcounts(seed):
     rng = random.Random(seed)
