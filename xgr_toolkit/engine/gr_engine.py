@@ -206,9 +206,10 @@ class GREngine:
 
     def capacity_rps(self, prompt_len: int) -> float:
         """Requests a second the GPU finishes with full batches back to back (the captured graph's replay
-        time of the largest batch bucket): the ceiling of any load."""
+        time of the largest batch bucket; with the prompt store, of its shortest suffix: every request a
+        hit): the ceiling of any load."""
         R, P = self.bucket(self.batch_buckets[-1], prompt_len)
-        return R / self._graphs[R, P, P].seconds
+        return R / self._graphs[R, P, self.suffix_buckets(P)[0]].seconds
 
     def prefix_cache_stats(self) -> dict[str, float]:
         """The prompt store's counters (:meth:`PromptStore.stats`); empty where the store is off."""
