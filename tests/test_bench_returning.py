@@ -154,3 +154,4 @@ def test_the_returning_table_and_plot_from_a_synthetic_json(tmp_path):
     assert "3.18x" in (tmp_path / "benchmarks.md").read_text()
     assert plot_returning(results, tmp_path / "returning.png") and (tmp_path / "returning.png").stat().st_size > 0
     assert not plot_returning({"workloads": {}}, tmp_path / "none.png")
+    assert "Returning users (`xgr bench WORKLOAD --returning`): not measured yet." in markdown_table({"workloads": {}})

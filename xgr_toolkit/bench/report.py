@@ -79,7 +79,7 @@ def _returning_table(results: dict) -> list[str]:
                          f"| {_fmt(rps[0])} | {_fmt(rps[1])} "
                          f"| {_fmt(row['speedup'], 2)}{'' if row['speedup'] is None else 'x'} "
                          f"| {_fmt(None if held is None else held / 2**30, 2)} |")
-    return lines if runs else []
+    return lines if runs else ["", "Returning users (`xgr bench WORKLOAD --returning`): not measured yet."]
 
 
 def plot_returning(results: dict, path: Path) -> bool:
