@@ -106,7 +106,8 @@ def test_the_runner_builds_both_engines_and_fills_every_row(tiny, monkeypatch):
     cfg, catalog = tiny
     model = workload_model(TINY, random_decoder(cfg, seed=0), catalog, cfg, device="cpu", dtype="float32",
                            compile=False, cuda_graphs=False, max_batch=2)
-    monkeypatch.setattr(returning, "build_workload", lambda w: model)
+    built = []
+    monkeypatch.setattr(returning, "build_workload", lambda w, cfg: built.append(cfg) or model)
     monkeypatch.setattr(returning.torch.cuda, "mem_get_info", lambda: (1 << 25, 1 << 26))
     monkeypatch.setattr(returning, "TRACE_REQUESTS", 30)
     monkeypatch.setattr(returning, "ACTIVE_USERS", 2)
@@ -120,6 +121,7 @@ def test_the_runner_builds_both_engines_and_fills_every_row(tiny, monkeypatch):
     monkeypatch.setattr(returning, "throughput_at_limit", one_point)
     out = returning.bench_returning(TINY, seconds=0.1)
     json.dumps(out)  # goes into bench.json
+    assert [c.max_prompt_tokens for c in built] == [TINY.prompt_tokens]  # one prompt bucket: the block divides it
     assert [s is not None for s in stores] == [True] * 3 + [False] * 3
     assert out["serve"] == {"prefix_cache_bytes": 1 << 24, "prefix_cache_block": 32, "prefix_cache_suffixes": [64]}
     rows = out["points"]

@@ -135,8 +135,10 @@ def bench_returning(w: Workload, seconds: float = 3.0, fractions: tuple[float, .
     """For each returning fraction, requests/s at P99 <= 200 ms with the store (``cache_fraction`` of the GPU's
     free memory before the engine is built, blocks of :func:`reuse_block`, suffixes of ``SUFFIXES`` below P)
     and without it, both engines built in this run over the same weights and traces."""
-    model = build_workload(w)
-    cfg, P = model.config.model, w.prompt_tokens
+    P = w.prompt_tokens
+    # one prompt bucket, P (the presets' max_prompt_tokens would be a second, one the block must divide too)
+    cfg = dataclasses.replace(w.model_config(), max_prompt_tokens=P)
+    model = build_workload(w, cfg)
     traces = {f: returning_trace(w, model.catalog, cfg, f, TRACE_REQUESTS, ACTIVE_USERS) for f in fractions}
     reuse = {"prefix_cache_bytes": int(cache_fraction * torch.cuda.mem_get_info()[0]),
              "prefix_cache_block": reuse_block(P), "prefix_cache_suffixes": [s for s in SUFFIXES if s < P]}

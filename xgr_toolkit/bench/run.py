@@ -195,7 +195,7 @@ def bench_workload(w: Workload, seconds: float = 3.0, ablations: bool = True, hf
     engine too, beside bf16 (``result["fp8"]``)."""
     cfg = w.model_config()
     steps = tqdm(total=4 + fp8 + (len(ABLATIONS) if ablations else 0) + hf + sweeps, desc=w.name)
-    model = build_workload(w)
+    model = build_workload(w, cfg)
     decoder, catalog = model.decoder, model.catalog
     requests = workload_requests(w, catalog, cfg)
     serve = model.config.serve

@@ -58,9 +58,10 @@ def workload_model(w: Workload, decoder: torch.nn.Module, catalog: ItemCatalog, 
                              serve=dataclasses.replace(default, **serve)), decoder, catalog)
 
 
-def build_workload(w: Workload, **serve) -> GRModel:
-    """The benchmark's model of ``w`` on the GPU: random bf16 weights and a random catalog, both of seed 0."""
-    cfg = w.model_config()
+def build_workload(w: Workload, cfg: ModelConfig | None = None, **serve) -> GRModel:
+    """The benchmark's model of ``w`` (``cfg`` instead of its own) on the GPU: random bf16 weights and a random
+    catalog, both of seed 0."""
+    cfg = cfg or w.model_config()
     decoder = random_decoder(cfg, seed=0, device="cuda").to(torch.bfloat16)
     return workload_model(w, decoder, random_catalog(w.catalog_items, cfg.levels, cfg.codes, seed=0), cfg, **serve)
 
