@@ -4,11 +4,13 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from xgr_toolkit.bench import returning
 from xgr_toolkit.bench.report import markdown_table, plot_returning, write_markdown
 from xgr_toolkit.bench.returning import EXTENSION_ITEMS, returning_trace, reuse_block, reuse_distance, trace_point
 from xgr_toolkit.bench.workloads import WORKLOADS, warm_engine, workload_model
+from xgr_toolkit.cli import main
 from xgr_toolkit.engine import GREngine
 from xgr_toolkit.synthetic import random_catalog, random_decoder
 
@@ -132,21 +134,27 @@ def test_the_runner_builds_both_engines_and_fills_every_row(tiny, monkeypatch):
                for r in rows)
 
 
-def _row(fraction, hit, with_, without):
+META = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.9", "command": "xgr bench long --returning"}
+
+
+def _row(fraction, hit, with_, without, meta=META):
     point = {"arrival_rps": with_, "requests": 1100, "p99_ms": 150.0, "hit_ratio": hit, "bytes_held": 3 * 2**30}
     return {"fraction": fraction, "reuse_distance": {"returns": 10, "mean": 35.5, "median": 30.0},
             "reuse": {"max_rps_at_p99_limit": with_, "confirmed": point if with_ else None},
             "no_reuse": {"max_rps_at_p99_limit": without, "confirmed": None},
-            "speedup": with_ / without if without else None}
+            "speedup": with_ / without if without else None, "meta": meta}
 
 
 def test_the_returning_table_and_plot_from_a_synthetic_json(tmp_path):
-    meta = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.9", "command": "xgr bench long --returning"}
-    results = {"workloads": {"long": {"returning": {"meta": meta, "serve": {"prefix_cache_block": 40},
-                                                    "points": [_row(0.0, 0.0, 22.0, 22.5), _row(0.9, 0.83, 70.0, 22.0),
+    other = {**META, "command": "xgr bench long --returning --fractions 0.9"}
+    results = {"workloads": {"long": {"returning": {"serve": {"prefix_cache_block": 40},
+                                                    "points": [_row(0.0, 0.0, 22.0, 22.5),
+                                                               _row(0.9, 0.83, 70.0, 22.0, other),
                                                                _row(0.5, 0.4, 0.0, 22.0)]}}}}
     table = markdown_table(results)  # no other figures of `long`: only the returning users' table
     assert "Returning users" in table and "| workload | system |" not in table
+    assert ("- long: NVIDIA H100 80GB HBM3, torch 2.9, `xgr bench long --returning`; NVIDIA H100 80GB HBM3, torch "
+            "2.9, `xgr bench long --returning --fractions 0.9`; serve prefix_cache_block: 40") in table
     assert "| long | 90% | 35.5 / 30 | 83.0% | 70.0 | 22.0 | 3.18x | 3.00 |" in table
     assert "| long | 50% | 35.5 / 30 | — | 0.0 | 22.0 | 0.00x | — |" in table
     results["workloads"]["long"]["returning"]["points"][0]["reuse_distance"] = reuse_distance([0, 1])
@@ -157,3 +165,31 @@ def test_the_returning_table_and_plot_from_a_synthetic_json(tmp_path):
     assert plot_returning(results, tmp_path / "returning.png") and (tmp_path / "returning.png").stat().st_size > 0
     assert not plot_returning({"workloads": {}}, tmp_path / "none.png")
     assert "Returning users (`xgr bench WORKLOAD --returning`): not measured yet." in markdown_table({"workloads": {}})
+
+
+def test_xgr_bench_returning_keeps_other_fractions_and_other_figures(tmp_path, monkeypatch):
+    """The CLI with --returning --fractions 0.9 --append: the 0.9 row replaced, the 0.0 row and the workload's
+    other figures kept, the table written (the measurement itself faked: it needs a GPU)."""
+    out = tmp_path / "b"
+    out.mkdir()
+    old = {"workloads": {"long": {"other": 1, "returning": {"serve": {}, "points": [_row(0.0, 0.0, 22.0, 22.5),
+                                                                                   _row(0.9, 0.5, 30.0, 22.0)]}}}}
+    (out / "bench.json").write_text(json.dumps(old))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "fake GPU")
+    asked = []
+
+    def fake(w, seconds, fractions):
+        asked.append((w.name, seconds, fractions))
+        return {"serve": {"prefix_cache_block": 40}, "points": [dict(_row(0.9, 0.8, 70.0, 22.0), meta=None)]}
+
+    monkeypatch.setattr(returning, "bench_returning", fake)
+    assert main(["bench", "long", "--returning", "--seconds", "2", "--append", "--out", str(out),
+                 "--fractions", "0.9"]) == 0
+    assert asked == [("long", 2.0, (0.9,))]
+    entry = json.loads((out / "bench.json").read_text())["workloads"]["long"]
+    assert entry["other"] == 1 and [r["fraction"] for r in entry["returning"]["points"]] == [0.0, 0.9]
+    assert entry["returning"]["points"][1]["reuse"]["max_rps_at_p99_limit"] == 70.0
+    assert entry["returning"]["points"][1]["meta"]["gpu"] == "fake GPU"
+    assert "| long | 90% | 35.5 / 30 | 80.0% | 70.0 | 22.0 | 3.18x | 3.00 |" in (tmp_path / "benchmarks.md").read_text()
+    assert (out / "returning.png").exists() and not (out / "bench.png").exists()

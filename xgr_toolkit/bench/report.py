@@ -63,8 +63,9 @@ def _returning_table(results: dict) -> list[str]:
     ratio and the store's bytes measured over the confirmed point with the store."""
     runs = {name: w["returning"] for name, w in results["workloads"].items() if "returning" in w}
     lines = ["", "### Returning users (prompt-KV store on and off, same run, same trace)", ""]
-    lines += [f"- {name}: {r['meta']['gpu']}, torch {r['meta']['torch']}, `{r['meta']['command']}`, "
-              f"serve {', '.join(f'{k}: {v}' for k, v in r['serve'].items())}" for name, r in runs.items()]
+    for name, r in runs.items():  # the fractions may come from several runs (xgr bench --fractions)
+        runs_of = dict.fromkeys(f"{m['gpu']}, torch {m['torch']}, `{m['command']}`" for m in _metas(r))
+        lines.append(f"- {name}: {'; '.join(runs_of)}; serve {', '.join(f'{k}: {v}' for k, v in r['serve'].items())}")
     lines += ["", "| workload | returning fraction | reuse distance mean / median (requests) | hit ratio "
               "| req/s at P99<=200ms with reuse | without | speed-up | cache (GiB) |",
               "|---|---|---|---|---|---|---|---|"]
@@ -80,6 +81,10 @@ def _returning_table(results: dict) -> list[str]:
                          f"| {_fmt(row['speedup'], 2)}{'' if row['speedup'] is None else 'x'} "
                          f"| {_fmt(None if held is None else held / 2**30, 2)} |")
     return lines if runs else ["", "Returning users (`xgr bench WORKLOAD --returning`): not measured yet."]
+
+
+def _metas(returning: dict) -> list[dict]:
+    return [row["meta"] for row in returning["points"]]
 
 
 def plot_returning(results: dict, path: Path) -> bool:
@@ -105,7 +110,7 @@ def plot_returning(results: dict, path: Path) -> bool:
     ax.set_xlabel("hit ratio (prompt tokens not prefilled, measured)")
     ax.set_ylabel("requests/s at P99 <= 200 ms")
     ax.set_ylim(bottom=0)
-    gpus = sorted({r["meta"]["gpu"] for r in runs.values()})
+    gpus = sorted({m["gpu"] for r in runs.values() for m in _metas(r)})
     ax.set_title(f"Returning users on {', '.join(gpus)}")
     ax.legend(fontsize=7)
     fig.tight_layout()

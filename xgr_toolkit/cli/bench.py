@@ -28,6 +28,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                         "rate at P99 <= 200 ms with the prompt-KV store and without it, returning fractions 0, 0.5, "
                         "0.9; kept beside the workload's other figures in bench.json (with --append), plotted in "
                         "returning.png")
+    p.add_argument("--fractions", nargs="+", type=number("in [0, 1)", lambda x: 0 <= x < 1), default=[0.0, 0.5, 0.9],
+                   help="with --returning: the returning fractions to measure (a long workload may need one call "
+                        "for 0.9 and one for 0 0.5); with --append, rows of other fractions are kept")
     p.add_argument("--report", action="store_true", help="only regenerate docs/benchmarks.md from the JSON")
     p.add_argument("--append", action="store_true", help="add to (or replace in) an existing bench.json")
 
@@ -60,8 +63,12 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for name in args.workloads:
         if args.returning:  # beside the workload's other figures, which keep their own meta
-            returning = bench_returning(WORKLOADS[name], args.seconds)
-            results["workloads"].setdefault(name, {})["returning"] = {"meta": meta, **returning}
+            entry = results["workloads"].setdefault(name, {})
+            returning = bench_returning(WORKLOADS[name], args.seconds, tuple(args.fractions))
+            kept = [r for r in entry.get("returning", {}).get("points", []) if r["fraction"] not in args.fractions]
+            returning["points"] = sorted(kept + [{**r, "meta": meta} for r in returning["points"]],
+                                         key=lambda r: r["fraction"])
+            entry["returning"] = returning
         else:
             result = bench_workload(WORKLOADS[name], args.seconds, not args.no_ablations, not args.no_hf,
                                     args.sweeps, args.fp8)
