@@ -95,6 +95,9 @@ def test_no_recompiles_or_skipped_graphs_after_warmup_with_prompt_reuse():
                 engine.recommend(batch[:size])
         [f.result(timeout=60) for f in [engine.submit(r) for r in rounds[2]]]
         stats = engine.prefix_cache_stats()
+        R, P = engine.bucket(engine.batch_buckets[-1], 40)
+        S = engine.suffix_buckets(P)[0]  # the ceiling of a load of hits: the shortest suffix's graph
+        assert S < P and engine.capacity_rps(40) == R / engine._graphs[R, P, S].seconds
     assert counters["stats"]["unique_graphs"] == graphs, "a bucket recompiled after warm-up"
     assert counters["inductor"]["cudagraph_skips"] == skips == 0
     assert stats["hit_tokens"] > 0 and stats["pinned_blocks"] == 0
