@@ -153,7 +153,7 @@ def bench_returning(w: Workload, seconds: float = 3.0, fractions: tuple[float, .
                            **throughput_at_limit(engine, trace.requests, seconds, measure=measure)}
             steps.update()
         engine.close()
-        del engine  # the next engine needs its memory
+        del engine, measure  # the next engine needs its memory (the store's pool: half the GPU)
         gc.collect()
         torch.cuda.empty_cache()
     steps.close()
