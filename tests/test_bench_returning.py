@@ -96,7 +96,9 @@ def test_a_point_with_the_store_hits_and_answers_as_without(tiny):
     again = trace_point(engine, trace.requests, rate=200.0, seconds=0.2)  # from an empty store again
     assert 0 < again["hit_ratio"] < 1
     engine.close()
+    hits = engine.prefix_cache_stats()["hit_tokens"]
     assert_same_items(GREngine(model).recommend(trace.requests), engine.recommend(trace.requests))
+    assert engine.prefix_cache_stats()["hit_tokens"] > hits  # the answers compared include hits
     without = GREngine(model)
     assert "hit_ratio" not in trace_point(without, trace.requests, rate=200.0, seconds=0.05)
     without.close()
