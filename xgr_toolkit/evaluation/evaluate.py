@@ -64,7 +64,10 @@ def evaluate_model(model: GRModel, split: LeaveOneOut, which: str = "test", engi
                    normalize: str = "vocab", ks=DEFAULT_KS, progress: bool = True,
                    batch: int | None = None, truncation: str | None = None) -> EvalResult:
     """Recall/NDCG@ks of ``model`` on ``split``'s ``which`` ("valid" or "test") targets, histories cut by
-    ``truncation`` (``"sliding"`` or ``"stable"``; None: the model's ``model.truncation``)."""
+    ``truncation`` (``"sliding"`` or ``"stable"``; None: the model's ``model.truncation``). With
+    ``max_history`` the model's own limit (``xgr eval``'s default), each case is cut exactly as the server
+    cuts the user's whole history; a larger one is cut twice (here, then by the request), which under
+    ``stable`` is not the same as once."""
     if top_k < max(ks):
         raise ValueError(f"top_k ({top_k}) must be >= the largest K ({max(ks)})")
     start = time.perf_counter()
