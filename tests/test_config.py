@@ -73,6 +73,7 @@ def test_unknown_preset_raises():
     ("model:\n  head_dim: 15\n", "model.head_dim", 15, "an even integer"),
     ("model:\n  rms_norm_eps: 0\n", "model.rms_norm_eps", 0.0, "a number in (0, 1)"),
     ("model:\n  vocab_size: 100\n", "model.vocab_size", 100, ">= sid_offset + levels * codes = 256"),
+    ("model:\n  truncation: fifo\n", "model.truncation", "fifo", "one of ['sliding', 'stable']"),
     ("beam:\n  top_k: 17\n", "beam.top_k", 17, "1..beam_width = 16"),
     ("beam:\n  normalize: softmax\n", "beam.normalize", "softmax", "one of ['vocab', 'level']"),
     ("serve:\n  device: tpu\n", "serve.device", "tpu", "'cpu', 'cuda' or 'cuda:N'"),

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from xgr_toolkit import ServeConfig
+from xgr_toolkit import ServeConfig, build_request
 from xgr_toolkit.cli import main
 from xgr_toolkit.engine import BeamKVCache, GREngine
 from xgr_toolkit.engine.batch import make_batch
@@ -23,6 +23,23 @@ from engine_cases import assert_same_items, random_case
 def test_fast_engine_equals_reference(seed):
     model, requests = random_case(seed)
     assert_same_items(ReferenceEngine(model).recommend(requests), GREngine(model).recommend(requests))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fast_engine_equals_reference_under_stable_truncation(seed):
+    """model.truncation: stable, histories growing one item at a time past the limit: both engines get
+    the same truncated prompt from build_request, and answer the same."""
+    model, requests = random_case(seed)
+    cfg = dataclasses.replace(model.config.model, truncation="stable")
+    model = dataclasses.replace(model, config=dataclasses.replace(model.config, model=cfg))
+    ids, limit = model.catalog.item_ids.tolist(), cfg.max_prompt_tokens // cfg.levels
+    history = ids[seed:seed + limit + 6]
+    growing = [build_request(cfg, model.catalog, history_items=history[:n], beam_width=r.beam_width, top_k=r.top_k,
+                             max_beam_width=16, exclude_items=sorted(r.exclude_items), normalize=r.normalize)
+               for n, r in zip(range(limit - 1, limit + 6), requests, strict=True)]
+    assert [r.truncated > 0 for r in growing] == [False, False] + [True] * 5
+    assert all(len(r.prompt) <= cfg.max_prompt_tokens for r in growing)
+    assert_same_items(ReferenceEngine(model).recommend(growing), GREngine(model).recommend(growing))
 
 
 @pytest.mark.parametrize("ablation", ["shared_prompt_kv", "masked_sorter"])

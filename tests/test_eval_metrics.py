@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -131,3 +132,37 @@ def test_xgr_eval_command(tmp_path, capsys):
     assert "test: 60 users" in capsys.readouterr().out
     assert main(["eval", "--data", str(data)]) == 2  # neither a model nor --popularity
     assert main(["eval", str(path), "--data", str(data), "--engine", "nope"]) == 2
+
+
+def test_evaluate_model_cuts_histories_by_the_model_policy_or_the_one_given(tmp_path, capsys):
+    """The same model evaluated under "sliding" (its config's) and "stable" (the override): each user's
+    ranks are those of the reference on the history cut by that policy, as the server would cut it."""
+    cfg = ModelConfig(num_layers=1, hidden_size=32, num_heads=4, num_kv_heads=2, head_dim=8, intermediate_size=64,
+                      sid_offset=4, levels=3, codes=6, max_prompt_tokens=8 * 3)
+    catalog = ItemCatalog(torch.arange(1, 21), random_catalog(20, 3, 6, seed=4).codes, 6)
+    model = GRModel(XGRConfig(model=cfg), random_decoder(cfg, 2), catalog)
+    gen = torch.Generator().manual_seed(0)
+    sequences = {u: (torch.randint(1, 21, (12 + u % 5,), generator=gen)).tolist() for u in range(1, 25)}
+    split = leave_one_out(sequences)
+    prompts = {}
+    for policy in ("sliding", "stable"):
+        result = evaluate_model(model, split, "test", beam_width=10, top_k=10, max_history=8, progress=False,
+                                truncation=None if policy == "sliding" else policy)
+        assert result.settings["truncation"] == policy
+        policy_cfg = dataclasses.replace(cfg, truncation=policy)
+        requests = [build_request(policy_cfg, catalog, history_items=sequences[u][:-1], beam_width=10, top_k=10,
+                                  max_beam_width=10) for u in split.users]  # the whole history, cut by the request
+        prompts[policy] = [r.prompt for r in requests]
+        expected = [hit_rank([i.item_id for i in items], target) for items, target
+                    in zip(build_engine(model, "reference").recommend(requests), split.test, strict=True)]
+        assert result.ranks == expected
+    assert prompts["sliding"] != prompts["stable"]  # an odd number of items past 8: stable drops one more
+    path = save_model_dir(tmp_path / "model", XGRConfig(model=cfg), model.decoder, catalog)
+    data = tmp_path / "sequences.txt"
+    data.write_text("".join(f"{u} {' '.join(map(str, s))}\n" for u, s in sequences.items()))
+    for option, policy in (([], "sliding"), (["--truncation", "stable"], "stable")):
+        out = tmp_path / f"{policy}.json"
+        assert main(["eval", str(path), "--data", str(data), "--beam-width", "10", "--json", str(out), *option]) == 0
+        assert json.loads(out.read_text())["results"][0]["truncation"] == policy
+    assert main(["eval", str(path), "--data", str(data), "--truncation", "fifo"]) == 2
+    assert "argument --truncation: invalid choice: 'fifo'" in capsys.readouterr().err

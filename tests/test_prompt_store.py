@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from xgr_toolkit import ConfigError, ServeConfig
+from xgr_toolkit import ConfigError, ServeConfig, build_request
 from xgr_toolkit.engine import BeamKVCache, GREngine, PromptStore
 from xgr_toolkit.engines import ReferenceEngine
 from xgr_toolkit.request import RecRequest
@@ -336,3 +336,24 @@ def test_bfloat16_reuse_equals_recomputing():
     for round_ in (users, users, [_like(u, u.prompt + (7, 8, 9)) for u in users]):
         assert_same_items(plain.recommend(round_), reusing.recommend(round_), tolerance=0.05)
     assert reusing.prefix_cache_stats()["hit_tokens"] > 0
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_stable_truncation_lets_users_past_the_limit_reuse_their_prompt(seed):
+    """Users whose histories are past the limit come back with one more item each time: under
+    model.truncation "stable" the kept history keeps its first item for most visits and the store is read;
+    under "sliding" every visit moves every position and nothing is reused. Every answer the reference's."""
+    hits = {}
+    for policy in ("sliding", "stable"):
+        model, requests = random_case(seed, _serve(), requests=4)
+        cfg = dataclasses.replace(model.config.model, truncation=policy)
+        model = dataclasses.replace(model, config=dataclasses.replace(model.config, model=cfg))
+        rng, ids = random.Random(seed), model.catalog.item_ids.tolist()
+        limit = cfg.max_prompt_tokens // cfg.levels
+        histories = [rng.sample(ids, limit + 8) for _ in requests]
+        rounds = [[build_request(cfg, model.catalog, history_items=h[:limit + visit], beam_width=r.beam_width,
+                                 top_k=r.top_k, max_beam_width=16, exclude_items=sorted(r.exclude_items))
+                   for h, r in zip(histories, requests)] for visit in range(1, 9)]
+        assert all(r.truncated for batch in rounds for r in batch)
+        hits[policy] = _rounds_equal_reference(model, rounds).prefix_cache_stats()["hit_tokens"]
+    assert hits["sliding"] == 0 and hits["stable"] > 0

@@ -5,6 +5,7 @@ Fast, no server: xgr_toolkit.serving.protocol is what the TorchServe handler cal
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -173,6 +174,19 @@ def test_history_too_long_keeps_the_most_recent_whole_items(model, items):
     tokens = list(range(64, 64 + cfg.max_prompt_tokens + 7))
     request = parse(model, {"history_tokens": tokens, "k": 3})
     assert request.truncated == 7 and request.prompt == tuple(tokens[-cfg.max_prompt_tokens:])
+
+
+def test_stable_truncation_drops_a_quarter_of_the_items_at_once_and_the_answer_says_so(model, items):
+    """model.truncation: stable (the model's config.yaml): past the limit of 32 items, whole chunks of 8 go."""
+    cfg = dataclasses.replace(model.config.model, truncation="stable")
+    stable = dataclasses.replace(model, config=dataclasses.replace(model.config, model=cfg))
+    keep = cfg.max_prompt_tokens // cfg.levels
+    for extra, dropped in ((1, 8), (8, 8), (9, 16)):
+        request = parse(stable, {"history": items[:keep + extra], "k": 3})
+        assert request.truncated == dropped * cfg.levels
+        assert request.prompt == parse(stable, {"history": items[dropped:keep + extra], "k": 3}).prompt
+        body = response_body([], request, model="m", batch_size=1, timing_ms={})
+        assert body["truncated"] == dropped * cfg.levels
 
 
 # ---- KServe v1: {"instances": [...]} ------------------------------------------------------------

@@ -221,3 +221,22 @@ def test_xgr_train_writes_a_loadable_model_dir(tmp_path, capsys):
     assert record["samples"] == 30 * 4 and len(record["epoch_losses"]) == len(record["valid_losses"]) == 1
     assert record["best_epoch"] == 1
     assert "trained" in capsys.readouterr().out
+
+
+def test_xgr_train_truncation_cuts_the_samples_and_is_kept_in_the_model_config(tmp_path):
+    """--truncation stable: training samples cut as the served model will cut requests (model.truncation in
+    config.yaml, which xgr eval and the server then use); training.json records it."""
+    data = tmp_path / "sequences.txt"
+    data.write_text("".join(f"{u} {' '.join(map(str, items))}\n"
+                            for u, items in _cycle_sequences(10, length=14).items()))
+    sids = save_sid_json(_catalog(), tmp_path / "sids.json")
+    for policy in ("sliding", "stable"):
+        out = tmp_path / policy
+        assert main(["train", "--data", str(data), "--sids", str(sids), "--codes", "8", "--out", str(out),
+                     "--layers", "1", "--hidden", "32", "--heads", "4", "--kv-heads", "2", "--max-steps", "1",
+                     "--max-history", "8", "--truncation", policy]) == 0
+        assert load_model_dir(out).config.model.truncation == policy
+        assert json.loads((out / TRAINING_FILE).read_text())["truncation"] == policy
+    split = leave_one_out(_cycle_sequences(10, length=14))  # training parts of 12 items: 11 samples a user
+    lengths = [len(h) for h, _ in split.training_samples(8, "stable")[:11]]
+    assert lengths == [1, 2, 3, 4, 5, 6, 7, 8, 7, 8, 7]  # limit 8, step 2: 9 and 10 items drop 2, 11 drop 4

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from .truncation import TRUNCATIONS
+
 __all__ = [
     "BeamConfig",
     "ConfigError",
@@ -74,6 +76,9 @@ class ModelConfig:
     tie_embeddings: bool = False
     dropout: float = 0.0  # training only: on the embeddings and each residual branch
     max_prompt_tokens: int = 96
+    # A longer history: "sliding" keeps its last items; "stable" drops a quarter of the limit at once, so a
+    # returning user's prompt keeps its start (truncation.py). Training, evaluation and serving all use it.
+    truncation: str = "sliding"
     sid_offset: int = 64  # context tokens before the SID codes
     levels: int = 3  # L
     codes: int = 64  # C, codes a level
@@ -84,6 +89,7 @@ class ModelConfig:
                      "intermediate_size", "max_prompt_tokens", "levels", "codes"):
             _at_least("model", name, getattr(self, name), 1)
         _at_least("model", "sid_offset", self.sid_offset, 0)
+        _one_of("model", "truncation", self.truncation, TRUNCATIONS)
         if self.num_heads % self.num_kv_heads:
             raise ConfigError("model.num_kv_heads", self.num_kv_heads,
                               f"a divisor of model.num_heads = {self.num_heads}")

@@ -8,6 +8,7 @@ import torch
 
 from .catalog import CatalogError, ItemCatalog
 from .config import NORMALIZATIONS, ModelConfig
+from .truncation import kept_start
 
 __all__ = ["RecRequest", "RequestError", "ScoredItem", "build_request", "sid_tokens"]
 
@@ -81,8 +82,9 @@ def build_request(cfg: ModelConfig, catalog: ItemCatalog, *, history_items=None,
 
     Exactly one of ``history_items`` (item ids, written as their SID tokens in order) and
     ``history_tokens`` (token ids in ``[0, vocab_size)``) is given. A history longer than
-    ``cfg.max_prompt_tokens`` keeps its most recent part: whole items for an item history,
-    tokens for a token history; ``RecRequest.truncated`` says how many tokens were dropped.
+    ``cfg.max_prompt_tokens`` keeps its most recent part by ``cfg.truncation`` (truncation.py): whole
+    items for an item history, tokens for a token history; ``RecRequest.truncated`` says how many tokens
+    were dropped.
     """
     if (history_items is None) == (history_tokens is None):
         raise RequestError("history", "give exactly one of history (item ids) and history_tokens")
@@ -96,9 +98,9 @@ def build_request(cfg: ModelConfig, catalog: ItemCatalog, *, history_items=None,
         items = _int_list("history", history_items)
         if not items:
             raise RequestError("history", "must hold at least one item id")
-        keep = max(1, cfg.max_prompt_tokens // cfg.levels)  # whole items that fit
-        prompt = sid_tokens(cfg, _sids_of("history", catalog, items[-keep:])).flatten().tolist()
-        dropped = max(0, len(items) - keep) * cfg.levels
+        start = kept_start(len(items), max(1, cfg.max_prompt_tokens // cfg.levels), cfg.truncation)  # whole items
+        prompt = sid_tokens(cfg, _sids_of("history", catalog, items[start:])).flatten().tolist()
+        dropped = start * cfg.levels
         if exclude_history:
             exclude |= set(items)
     else:
@@ -108,5 +110,6 @@ def build_request(cfg: ModelConfig, catalog: ItemCatalog, *, history_items=None,
         bad = [t for t in tokens if not 0 <= t < cfg.vocab_size]
         if bad:
             raise RequestError("history_tokens", f"tokens must be in [0, {cfg.vocab_size}); got {bad[:5]}")
-        prompt, dropped = tokens[-cfg.max_prompt_tokens:], max(0, len(tokens) - cfg.max_prompt_tokens)
+        dropped = kept_start(len(tokens), cfg.max_prompt_tokens, cfg.truncation)
+        prompt = tokens[dropped:]
     return RecRequest(tuple(prompt), beam_width, top_k, normalize, frozenset(exclude), dropped)

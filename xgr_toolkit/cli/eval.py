@@ -11,6 +11,7 @@ from ..data import check_items_have_sids, leave_one_out, load_interactions
 from ..evaluation import evaluate_model, evaluate_popularity
 from ..evaluation.metrics import DEFAULT_KS
 from ..model_dir import CONFIG_FILE, load_model_dir
+from ..truncation import TRUNCATIONS
 from .options import add_beam_options, beam_of, count, device, input_file, model_dir
 
 
@@ -24,6 +25,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     add_beam_options(p)
     p.add_argument("--max-history", type=count(), default=None,
                    help="most recent items a prompt holds (default: what the model's prompt holds)")
+    p.add_argument("--truncation", choices=TRUNCATIONS, default=None,
+                   help="how a longer history is cut: sliding (its last items) or stable (a quarter of the limit "
+                        "at once, docs/serving.md) (default: the model's model.truncation)")
     p.add_argument("--exclude-history", action="store_true", help="never recommend a history item (off: as TIGER)")
     p.add_argument("--limit-users", type=count(), default=None, help="evaluate the first N users only "
                                                                       "(default: all users)")
@@ -48,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = model.config.model
         max_history = args.max_history or cfg.max_prompt_tokens // cfg.levels
         results = [evaluate_model(model, split, which, beam.engine, beam.beam_width, beam.k, max_history,
-                                  args.exclude_history, args.limit_users, normalize=beam.normalize)
+                                  args.exclude_history, args.limit_users, normalize=beam.normalize,
+                                  truncation=args.truncation)
                    for which in splits]
     for result in results:
         print(result.line())

@@ -15,6 +15,7 @@ from ..training import (
     gr_model_config,
     train_model_dir,
 )
+from ..truncation import TRUNCATIONS
 from .options import count, device, input_file, number, out_dir
 
 
@@ -29,6 +30,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-users", type=count(), default=None,
                    help="train on the first N users only, a slice (default: all users)")
     p.add_argument("--max-history", type=count(), default=DEFAULT_MAX_HISTORY, help="most recent items a prompt holds")
+    p.add_argument("--truncation", choices=TRUNCATIONS, default="sliding",
+                   help="how a longer history is cut, in training samples and then in evaluation and serving "
+                        "(model.truncation): sliding (its last items) or stable (a quarter of --max-history at "
+                        "once, so a returning user's prompt keeps its start)")
     model = p.add_argument_group("model shape (each option overrides --size's value)")
     model.add_argument("--size", choices=sorted(SIZES), default=DEFAULT_SIZE,
                        help="; ".join(f"{k}: {v.layers} layers, hidden {v.hidden}, {v.heads} heads ({v.kv_heads} kv)"
@@ -100,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit_users:
         split = split.slice(args.limit_users)
     model_cfg = gr_model_config(catalog, args.layers, args.hidden, args.heads, args.kv_heads, args.mlp,
-                                args.max_history, dropout=args.dropout)
+                                args.max_history, dropout=args.dropout, truncation=args.truncation)
     print(f"data: {len(split)} users; SIDs: {len(catalog)} items, {catalog.levels} levels x {catalog.num_codes} codes; "
           f"model: {args.layers} layers, hidden {args.hidden}, MLP {model_cfg.intermediate_size}, "
           f"vocabulary {model_cfg.vocab_size}")

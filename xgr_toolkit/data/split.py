@@ -2,7 +2,8 @@
 
 Per user (items oldest first): the last item is the test target, the second-to-last the validation
 target, the rest the training part. The model sees at most ``max_history`` most recent items before
-a target. Training samples are every prefix of each user's training part: target ``train[k]`` with
+a target, cut by the model's truncation policy (``sliding`` or ``stable``: :mod:`xgr_toolkit.truncation`).
+Training samples are every prefix of each user's training part: target ``train[k]`` with
 history ``train[:k]`` for ``k >= 1``.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..truncation import truncate
 from .interactions import SequenceData
 
 __all__ = ["DEFAULT_MAX_HISTORY", "EvalCase", "LeaveOneOut", "cap_history", "leave_one_out"]
@@ -20,11 +22,12 @@ DEFAULT_MAX_HISTORY = 20
 Split = Literal["valid", "test"]
 
 
-def cap_history(items: list[int], max_items: int = DEFAULT_MAX_HISTORY) -> list[int]:
-    """The ``max_items`` most recent items (the end of the list)."""
+def cap_history(items: list[int], max_items: int = DEFAULT_MAX_HISTORY, truncation: str = "sliding") -> list[int]:
+    """At most ``max_items`` most recent items (the end of the list), cut by ``truncation``: the last
+    ``max_items`` (``sliding``), or the rest after whole quarters of ``max_items`` (``stable``)."""
     if max_items < 1:
         raise ValueError(f"max_items must be >= 1; got {max_items}")
-    return items[-max_items:]
+    return list(truncate(items, max_items, truncation))
 
 
 @dataclass(frozen=True)
@@ -52,20 +55,23 @@ class LeaveOneOut:
         return dict(zip(self.users, self.train, strict=True))
 
     def cases(self, split: Split = "test", max_history: int = DEFAULT_MAX_HISTORY,
-              limit_users: int | None = None) -> list[EvalCase]:
+              limit_users: int | None = None, truncation: str = "sliding") -> list[EvalCase]:
         """One case a user: the validation target after the training part, or the test target after
-        the training part and the validation target."""
+        the training part and the validation target; histories capped by ``cap_history``."""
         if split not in ("valid", "test"):
             raise ValueError(f"split must be 'valid' or 'test'; got {split!r}")
         n = len(self.users) if limit_users is None else min(limit_users, len(self.users))
         if split == "valid":
-            return [EvalCase(self.users[u], cap_history(self.train[u], max_history), self.valid[u]) for u in range(n)]
-        return [EvalCase(self.users[u], cap_history(self.train[u] + [self.valid[u]], max_history), self.test[u])
-                for u in range(n)]
+            return [EvalCase(self.users[u], cap_history(self.train[u], max_history, truncation),
+                             self.valid[u]) for u in range(n)]
+        return [EvalCase(self.users[u], cap_history(self.train[u] + [self.valid[u]], max_history, truncation),
+                         self.test[u]) for u in range(n)]
 
-    def training_samples(self, max_history: int = DEFAULT_MAX_HISTORY) -> list[tuple[list[int], int]]:
+    def training_samples(self, max_history: int = DEFAULT_MAX_HISTORY,
+                         truncation: str = "sliding") -> list[tuple[list[int], int]]:
         """(capped history, target) for every prefix of every training part with a non-empty history."""
-        return [(cap_history(items[:k], max_history), items[k]) for items in self.train for k in range(1, len(items))]
+        return [(cap_history(items[:k], max_history, truncation), items[k])
+                for items in self.train for k in range(1, len(items))]
 
     def slice(self, limit_users: int) -> LeaveOneOut:
         """The first ``limit_users`` users."""

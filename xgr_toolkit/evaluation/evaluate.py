@@ -1,8 +1,10 @@
 """Leave-one-out evaluation: every user's held-out target, full ranking through an engine.
 
-Each user's capped history goes through :func:`~xgr_toolkit.request.build_request` and the engine
-named (``build_engine(model, name)``: the same path that serves), with constrained beam search over
-the catalog's valid items; the rank of the target among the returned top-K gives Recall@K and NDCG@K.
+Each user's history, capped at ``max_history`` items by the model's truncation policy
+(``model.truncation``, or the ``truncation`` given: the same model evaluated both ways), goes through
+:func:`~xgr_toolkit.request.build_request` and the engine named (``build_engine(model, name)``: the
+same path that serves), with constrained beam search over the catalog's valid items; the rank of the
+target among the returned top-K gives Recall@K and NDCG@K.
 Nothing is excluded by default (as in TIGER); ``exclude_history`` removes the history's items.
 """
 
@@ -60,13 +62,19 @@ def evaluate_model(model: GRModel, split: LeaveOneOut, which: str = "test", engi
                    beam_width: int = 20, top_k: int = 10, max_history: int = DEFAULT_MAX_HISTORY,
                    exclude_history: bool = False, limit_users: int | None = None, chunk: int = 2048,
                    normalize: str = "vocab", ks=DEFAULT_KS, progress: bool = True,
-                   batch: int | None = None) -> EvalResult:
-    """Recall/NDCG@ks of ``model`` on ``split``'s ``which`` ("valid" or "test") targets."""
+                   batch: int | None = None, truncation: str | None = None) -> EvalResult:
+    """Recall/NDCG@ks of ``model`` on ``split``'s ``which`` ("valid" or "test") targets, histories cut by
+    ``truncation`` (``"sliding"`` or ``"stable"``; None: the model's ``model.truncation``). With
+    ``max_history`` the model's own limit (``xgr eval``'s default), each case is cut exactly as the server
+    cuts the user's whole history; a larger one is cut twice (here, then by the request), which under
+    ``stable`` is not the same as once."""
     if top_k < max(ks):
         raise ValueError(f"top_k ({top_k}) must be >= the largest K ({max(ks)})")
     start = time.perf_counter()
-    cases = split.cases(which, max_history, limit_users)
     cfg = model.config.model
+    if truncation is not None and truncation != cfg.truncation:
+        cfg = dataclasses.replace(cfg, truncation=truncation)  # validated: a bad name is a ConfigError
+    cases = split.cases(which, max_history, limit_users, cfg.truncation)
     runner = _engine(model, engine, beam_width, top_k, batch)
     order = sorted(range(len(cases)), key=lambda i: len(cases[i].history))  # equal prompt lengths batch together
     ranks = [-1] * len(cases)
@@ -84,7 +92,7 @@ def evaluate_model(model: GRModel, split: LeaveOneOut, which: str = "test", engi
     finally:
         runner.close()
     settings = {"engine": engine, "beam_width": beam_width, "top_k": top_k, "max_history": max_history,
-                "exclude_history": exclude_history, "normalize": normalize}
+                "truncation": cfg.truncation, "exclude_history": exclude_history, "normalize": normalize}
     return EvalResult(which, len(cases), ranking_metrics(ranks, ks), time.perf_counter() - start, settings, ranks)
 
 

@@ -103,7 +103,8 @@ def parse_request(body: Any, cfg: ModelConfig, catalog, *, max_beam_width: int, 
 
     Raises:
         RequestError: naming the first offending field and what it allows. A history longer than
-            the model takes is not an error: its oldest part is dropped (``RecRequest.truncated``).
+            the model takes is not an error: its oldest part is dropped by ``model.truncation``
+            (``RecRequest.truncated``).
     """
     fields = decode_body(body)
     unknown = sorted(set(fields) - set(_ALLOWED))
