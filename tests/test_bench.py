@@ -11,7 +11,8 @@ from xgr_toolkit.bench import run as bench_run
 from xgr_toolkit.bench.flops import request_flops, weight_bytes
 from xgr_toolkit.bench.load import percentiles
 from xgr_toolkit.bench.report import markdown_table, plot, plot_sweeps, write_markdown
-from xgr_toolkit.bench.workloads import WORKLOADS, warm_engine, workload_model, workload_requests
+from xgr_toolkit.bench.workloads import DEFAULT_WORKLOADS, WORKLOADS, warm_engine, workload_model, workload_requests
+from xgr_toolkit.cli import build_parser
 from xgr_toolkit.engines import ReferenceEngine
 from xgr_toolkit.synthetic import random_catalog, random_decoder
 
@@ -134,6 +135,12 @@ def test_float8_rows_stand_beside_bf16_in_the_table_and_the_plot(tmp_path):
     assert (tmp_path / "bench.png").stat().st_size > 0
     without = {k: v for k, v in workload.items() if k != "fp8"}  # a run without --fp8
     assert "float8" not in markdown_table({"workloads": {"tiny": without}})
+
+
+def test_workloads_not_yet_run_on_a_gpu_run_only_when_named():
+    assert build_parser().parse_args(["bench"]).workloads == list(DEFAULT_WORKLOADS)
+    assert {"onerec", "beams-5k"} <= set(WORKLOADS) - set(DEFAULT_WORKLOADS)
+    assert build_parser().parse_args(["bench", "onerec"]).workloads == ["onerec"]
 
 
 def test_the_benchmark_workload_set_up_answers_as_the_reference_on_the_cpu():

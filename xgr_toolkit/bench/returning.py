@@ -71,6 +71,11 @@ def reuse_block(prompt_tokens: int) -> int:
     return max(b for b in range(1, MAX_BLOCK + 1) if prompt_tokens % b == 0)
 
 
+def _base_items(prompt_tokens: int, levels: int) -> int:
+    """Items of a base history: the longest extension still fits the prompt bucket P."""
+    return prompt_tokens // levels - EXTENSION_ITEMS[1]
+
+
 def returning_trace(w: Workload, catalog: ItemCatalog, cfg: ModelConfig, fraction: float,
                     requests: int = TRACE_REQUESTS, active_users: int = ACTIVE_USERS, seed: int = 0) -> Trace:
     """The returning-users trace of ``w`` (module docstring): exactly ``round(fraction * requests)`` returns,
@@ -80,7 +85,7 @@ def returning_trace(w: Workload, catalog: ItemCatalog, cfg: ModelConfig, fractio
     if requests < 1 or active_users < 1:
         raise ValueError(f"requests {requests} and active_users {active_users}: both must be >= 1")
     L = cfg.levels
-    items = w.prompt_tokens // L - EXTENSION_ITEMS[1]  # a base history's items: the longest extension fits P
+    items = _base_items(w.prompt_tokens, L)
     if items < 1:
         raise ValueError(f"workload {w.name}: P = {w.prompt_tokens} leaves no history below {EXTENSION_ITEMS[1]} "
                          f"appended items of {L} tokens")
@@ -161,5 +166,5 @@ def bench_returning(w: Workload, seconds: float = 3.0, fractions: tuple[float, .
         with_, without = row["reuse"]["max_rps_at_p99_limit"], row["no_reuse"]["max_rps_at_p99_limit"]
         row["speedup"] = with_ / without if without else None
     return {"trace": {"requests": TRACE_REQUESTS, "active_users": ACTIVE_USERS, "base_history_tokens":
-                      (P // cfg.levels - EXTENSION_ITEMS[1]) * cfg.levels, "extension_items": EXTENSION_ITEMS},
+                      _base_items(P, cfg.levels) * cfg.levels, "extension_items": EXTENSION_ITEMS},
             "serve": reuse, "points": rows}

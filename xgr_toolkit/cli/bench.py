@@ -7,13 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from ..bench.workloads import WORKLOADS
+from ..bench.workloads import DEFAULT_WORKLOADS, WORKLOADS
 from .options import number, out_dir
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("workloads", nargs="*", default=list(WORKLOADS),
-                   help=f"the workloads to run, of {list(WORKLOADS)} (default: all)")
+    p.add_argument("workloads", nargs="*", default=list(DEFAULT_WORKLOADS),
+                   help=f"the workloads to run, of {list(WORKLOADS)} (default: {list(DEFAULT_WORKLOADS)}, those "
+                        "measured on a GPU; the others only when named)")
     p.add_argument("--out", type=out_dir, default="docs/benchmarks", help="folder for bench.json and bench.png")
     p.add_argument("--seconds", type=number("> 0", lambda x: x > 0), default=3.0, help="seconds a measurement point")
     p.add_argument("--no-ablations", action="store_true",
