@@ -244,7 +244,7 @@ class Pool:
                     print(f"  {job.name} ({now - job.start:.0f} s): {_last_line(job.log)}", flush=True)
 
 
-def _metrics(path: Path) -> dict[str, dict]:
+def eval_metrics(path: Path) -> dict[str, dict]:
     """split -> metrics of an `xgr eval --json` file."""
     if not path.is_file():
         return {}
@@ -475,7 +475,7 @@ def _sweep(args: argparse.Namespace, results: dict, sid_sets: dict, base: dict[s
 
     def evaluated(job: Job) -> None:
         ev = job.record
-        ev.update(_metrics(Path(ev["json"])))
+        ev.update(eval_metrics(Path(ev["json"])))
         if "valid" in ev:
             print(f"  valid N@10 {ev['valid']['ndcg@10']:.4f}  test N@10 {ev.get('test', {}).get('ndcg@10', 0):.4f}",
                   flush=True)

@@ -38,11 +38,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from beauty_experiment import EMBEDDINGS_FILE, METRICS, eval_metrics  # noqa: E402  (tools/, the script's folder)
+
 from xgr_toolkit.cli import main as xgr  # noqa: E402  (after the path set-up, to run from a checkout)
 
-METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 LABELS = {"recall@5": "R@5", "recall@10": "R@10", "ndcg@5": "N@5", "ndcg@10": "N@10"}
-EMBEDDINGS_FILE = "item_text_embeddings.safetensors"  # beside the data: `xgr sid embed-text` output
 LETTER_FILE = "semantic_ids.letter.json"
 
 
@@ -82,12 +82,6 @@ def sid_embeddings(data: Path, args: argparse.Namespace) -> tuple[str, list[str]
     else:
         return f"{collab} (no item text)", ["--embeddings", collab]
     return f"{collab} + {text}", ["--embeddings", "both" if collab == "cooc" else "sasrec+text", *text_args]
-
-
-def eval_metrics(path: Path) -> dict[str, dict]:
-    """split -> metrics of an `xgr eval --json` file."""
-    rows = json.loads(path.read_text())["results"]
-    return {r["split"]: {k: r[k] for k in (*METRICS, "users", "beam_width") if k in r} for r in rows}
 
 
 def one_run(args: argparse.Namespace, seq: str, sids_name: str, seed: int, work: Path, phases: list[dict],

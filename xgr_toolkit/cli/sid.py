@@ -136,9 +136,8 @@ def _report(args: argparse.Namespace) -> int:
     order = catalog.item_ids.argsort()
     codes = catalog.codes[order]  # [N, L], item-id order (the de-dup level numbers items in that order)
     dedup = is_dedup_level(codes)
-    levels = codes[:, :-1] if dedup else codes
     report = sid_report(codes)
-    before = sid_report(levels)
+    before = sid_report(codes[:, :-1]) if dedup else report
     record = {"path": str(args.path), "num_codes": catalog.num_codes, "dedup_level": dedup,
               "sids": report.to_json(), "before_dedup": before.to_json()}
     print(f"{args.path}: {report.items} items, {catalog.levels} levels x {catalog.num_codes} codes; "

@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     if args.limit_users:
         split = split.slice(args.limit_users)
     model_cfg = gr_model_config(catalog, args.layers, args.hidden, args.heads, args.kv_heads, args.mlp,
-                                args.max_history, dropout=args.dropout, truncation=args.truncation)
+                                args.max_history, name=f"gr-{args.size}", dropout=args.dropout,
+                                truncation=args.truncation)
     print(f"data: {len(split)} users; SIDs: {len(catalog)} items, {catalog.levels} levels x {catalog.num_codes} codes; "
           f"model: {args.layers} layers, hidden {args.hidden}, MLP {model_cfg.intermediate_size}, "
           f"vocabulary {model_cfg.vocab_size}")

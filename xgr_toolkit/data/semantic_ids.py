@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..catalog import ItemCatalog
+from .collaborative_embeddings import cold_mask
 from .embeddings import ppmi_embeddings
 from .rq_kmeans import SidReport, collision_groups, deduplicate, rq_kmeans, sid_report
 
@@ -54,11 +55,6 @@ def _explain_zero_embeddings(err: ValueError, embeddings: torch.Tensor, sids: to
                      "(the de-dup level numbers at most --codes items a SID)") from err
 
 
-def _cold(train_sequences: list[list[int]], item_ids: list[int]) -> int:
-    seen = {i for items in train_sequences for i in items}
-    return sum(1 for i in item_ids if i not in seen)
-
-
 def collaborative_embeddings(train_sequences: list[list[int]], item_ids: list[int], dim: int = 64,
                              window: int = 5, seed: int = 0) -> torch.Tensor:
     """[N, dim] PPMI-SVD embeddings of ``sorted(item_ids)`` from the training parts."""
@@ -78,4 +74,4 @@ def build_collaborative_sids(train_sequences: list[list[int]], item_ids: list[in
     """SIDs for ``item_ids`` from the training parts only (the validation and test targets never leak in)."""
     emb = collaborative_embeddings(train_sequences, item_ids, dim, window, seed)
     return build_sids(emb, item_ids, levels, codes, iters, seed, dedup, device, progress,
-                      _cold(train_sequences, item_ids))
+                      int(cold_mask(train_sequences, item_ids).sum()))

@@ -25,9 +25,7 @@ Split = Literal["valid", "test"]
 def cap_history(items: list[int], max_items: int = DEFAULT_MAX_HISTORY, truncation: str = "sliding") -> list[int]:
     """At most ``max_items`` most recent items (the end of the list), cut by ``truncation``: the last
     ``max_items`` (``sliding``), or the rest after whole quarters of ``max_items`` (``stable``)."""
-    if max_items < 1:
-        raise ValueError(f"max_items must be >= 1; got {max_items}")
-    return list(truncate(items, max_items, truncation))
+    return list(truncate(items, max_items, truncation))  # ValueError where max_items < 1
 
 
 @dataclass(frozen=True)
