@@ -13,11 +13,15 @@ if [ -d .whl ]; then  # the device image lacks omegaconf: carried wheels
     && export PYTHONPATH=/tmp/site:$PWD
 fi
 export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1
+# compiled kernels kept in the (ignored) build folder: a warm machine's next call reuses them
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/build/inductor}
+# the GPU tests spread over processes where pytest-xdist is carried (compilation is CPU-bound)
+workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n ${TEST_WORKERS:-6}")
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 for stage in "$@"; do
   echo "=== $stage $(date +%T)"
   case $stage in
-    tests) timeout ${TESTS_TIMEOUT:-540} python3 -m pytest -q -m gpu -p no:cacheprovider --durations=15 tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 ;;
+    tests) timeout ${TESTS_TIMEOUT:-540} python3 -m pytest -q -m gpu -p no:cacheprovider ${workers:-} --durations=15 tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 ;;
     core) timeout ${CORE_TIMEOUT:-300} python3 tools/bench_core.py 2>&1 | tee "$OUT/core.log" | tail -40
           cp docs/benchmarks/core_microbench.* "$OUT"/ 2>/dev/null ;;
     bench:*) # into $OUT/b (what a killed call wrote still comes back), added to docs/benchmarks/bench.json
