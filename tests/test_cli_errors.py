@@ -62,6 +62,8 @@ CASES = [
      "argument --max-history: expected an integer >= 1; got '0'"),
     ("eval zero users", ["eval", "M", "--data", "D", "--limit-users", "0"],
      "argument --limit-users: expected an integer >= 1; got '0'"),
+    ("eval float8 on the CPU", ["eval", "M", "--data", "D", "--linear-precision", "float8"],
+     "--linear-precision float8 needs --device cuda and --dtype bfloat16"),
     ("popularity zero users", ["eval", "--popularity", "--data", "D", "--limit-users", "0"],
      "argument --limit-users: expected an integer >= 1; got '0'"),
     ("train zero users", ["train", "--data", "D", "--sids", "S", "--out", "{T}/m1", "--limit-users", "0"],

@@ -4,7 +4,9 @@
 # cold:WORKLOAD[,WORKLOAD] (tools/cold_start.py), beauty (Amazon Beauty SIDs, training and evaluation;
 # the data carried in .data/, never committed), quality:DATASET (tools/quality_experiment.py on .data/DATASET
 # with $QUALITY_ARGS, e.g. "--seeds 0 --sid-sets ours": one seed and SID set a call; runs add up in
-# build/quality/DATASET while the machine stays warm, and every call writes the summary over all of them).
+# build/quality/DATASET while the machine stays warm, and every call writes the summary over all of them),
+# fp8gate (tools/float8_gate.py on .data/amazon-beauty: float8 against bf16 on a trained model, $GATE_ARGS).
+# Data goes to the device in .data/ (git-ignored; carry it), never into the repository.
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -35,6 +37,8 @@ for stage in "$@"; do
             cp docs/benchmarks/cold_start.json docs/benchmarks/cold_start.png "$OUT"/ 2>/dev/null ;;
     beauty) python3 tools/beauty_experiment.py --device cuda --data .data/amazon-beauty --work /tmp/beauty \
               --out "$OUT" ${BEAUTY_ARGS:-} 2>&1 | tee "$OUT/beauty.log" | grep -v "it/s\]" | tail -40 ;;
+    fp8gate) python3 tools/float8_gate.py --device cuda --data .data/amazon-beauty --work build/float8_gate \
+               --out "$OUT" ${GATE_ARGS:-} 2>&1 | tee "$OUT/float8_gate.log" | grep -v "it/s\]\|step/s\]\|user/s\]" | tail -30 ;;
     quality:*) name=${stage#quality:}
                timeout ${QUALITY_TIMEOUT:-570} python3 tools/quality_experiment.py --device cuda --data ".data/$name" \
                  --work "build/quality/$name" --out "$OUT" ${QUALITY_ARGS:-} 2>&1 | tee "$OUT/quality_$name.log" \

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
-from ..config import load_config
+from ..config import LINEAR_PRECISIONS, load_config
 from ..data import check_items_have_sids, leave_one_out, load_interactions
 from ..evaluation import evaluate_model, evaluate_popularity
 from ..evaluation.metrics import DEFAULT_KS
-from ..model_dir import CONFIG_FILE, load_model_dir
+from ..model_dir import CONFIG_FILE, GRModel, load_model_dir
 from ..truncation import TRUNCATIONS
 from .options import add_beam_options, beam_of, count, device, input_file, model_dir
 
@@ -33,7 +34,23 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                                                                       "(default: all users)")
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="the weights' precision")
+    p.add_argument("--linear-precision", choices=LINEAR_PRECISIONS, default=None,
+                   help="the fast engine's linear layers: dtype (--dtype's) or float8 (e4m3, docs/serving.md; needs "
+                        "--device cuda on compute capability >= 8.9 and --dtype bfloat16) (default: the model's "
+                        "serve.linear_precision)")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file (default: none)")
+
+
+def _with_linear_precision(model: GRModel, precision: str | None, device: str, dtype: str) -> GRModel:
+    """``model`` served with ``precision`` on ``device`` in ``dtype`` (None: as it is)."""
+    if precision is None:
+        return model
+    if precision == "float8" and not (device.startswith("cuda") and dtype == "bfloat16"):
+        raise ValueError(f"--linear-precision float8 needs --device cuda and --dtype bfloat16 (a GPU of compute "
+                         f"capability >= 8.9), not --device {device} --dtype {dtype}")
+    serve = dataclasses.replace(model.config.serve, device=device, dtype=dtype, linear_precision=precision,
+                                cuda_graphs=model.config.serve.cuda_graphs and device.startswith("cuda"))
+    return dataclasses.replace(model, config=dataclasses.replace(model.config, serve=serve))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         beam = beam_of(args, load_config(Path(args.model_dir) / CONFIG_FILE), min_k=max(DEFAULT_KS))
         data = load_interactions(args.data)
-        model = load_model_dir(args.model_dir, args.device, args.dtype)
+        model = _with_linear_precision(load_model_dir(args.model_dir, args.device, args.dtype),
+                                       args.linear_precision, args.device, args.dtype)
         check_items_have_sids(data, args.data, model.catalog, f"{args.model_dir}'s catalog")
         split = leave_one_out(data)
         cfg = model.config.model
