@@ -22,7 +22,8 @@ def markdown_table(results: dict) -> str:
     results = {**results, "workloads": _measured(results)}
     if not results["workloads"]:
         return "\n".join(returning).strip()
-    lines = [f"- {name}: {w['meta']['gpu']}, torch {w['meta']['torch']}, `{w['meta']['command']}`"
+    lines = [f"- {name}: {w['meta']['gpu']}, torch {w['meta']['torch']}, "
+             f"commit {w['meta'].get('commit', 'not recorded')}, `{w['meta']['command']}`"
              for name, w in results["workloads"].items()]
     lines += ["", "| workload | system | P50 c=1 (ms) | P99 c=1 (ms) | P50 c=4 (ms) | P99 c=4 (ms) | req/s c=4 "
              "| req/s at P99<=200ms | note |", "|---|---|---|---|---|---|---|---|---|"]

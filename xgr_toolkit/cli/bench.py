@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,6 +38,17 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--append", action="store_true", help="add to (or replace in) an existing bench.json")
 
 
+def _source_commit() -> str:
+    """The commit measured: $XGR_COMMIT (a device machine's copy of the tree has no .git), else git's HEAD."""
+    if os.environ.get("XGR_COMMIT"):
+        return os.environ["XGR_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -57,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("xgr bench needs a CUDA GPU")
     if args.fp8:  # before the bf16 half of every workload is measured
         check_float8_device(torch.device("cuda", torch.cuda.current_device()), torch.bfloat16)
-    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "commit": _source_commit(),
             "command": "xgr bench " + " ".join(sys.argv[2:])}
     existing = out / "bench.json"
     results = json.loads(existing.read_text()) if args.append and existing.exists() else {"workloads": {}}
