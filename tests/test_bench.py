@@ -5,6 +5,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from xgr_toolkit import ModelConfig
 from xgr_toolkit.bench import run as bench_run
@@ -13,6 +14,7 @@ from xgr_toolkit.bench.load import percentiles
 from xgr_toolkit.bench.report import markdown_table, plot, plot_sweeps, write_markdown
 from xgr_toolkit.bench.workloads import DEFAULT_WORKLOADS, WORKLOADS, warm_engine, workload_model, workload_requests
 from xgr_toolkit.cli import build_parser
+from xgr_toolkit.cli import main as xgr
 from xgr_toolkit.engines import ReferenceEngine
 from xgr_toolkit.synthetic import random_catalog, random_decoder
 
@@ -154,3 +156,17 @@ def test_the_benchmark_workload_set_up_answers_as_the_reference_on_the_cpu():
     engine, seconds = warm_engine(model, model.config.serve)
     assert seconds >= 0
     assert_same_items(ReferenceEngine(model).recommend(requests), engine.recommend(requests))
+
+
+def test_a_run_cut_short_keeps_the_figures_measured_so_far(tmp_path, monkeypatch):
+    def cut_after_the_headline(w, *args, progress, **kwargs):
+        progress({"workload": {"name": w.name}, "xgr": {"max_rps_at_p99_limit": 21.5}})
+        raise TimeoutError("the device call's limit")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "GPU-X")
+    monkeypatch.setattr(bench_run, "bench_workload", cut_after_the_headline)
+    assert xgr(["bench", "long", "--out", str(tmp_path)]) != 0
+    kept = json.loads((tmp_path / "partial" / "long.json").read_text())
+    assert kept["xgr"]["max_rps_at_p99_limit"] == 21.5 and kept["meta"]["gpu"] == "GPU-X"
+    assert not (tmp_path / "bench.json").exists()

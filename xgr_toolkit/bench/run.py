@@ -190,23 +190,30 @@ def _fp8(model: GRModel, requests, seconds: float, want: list, flops: float, pea
 
 
 def bench_workload(w: Workload, seconds: float = 3.0, ablations: bool = True, hf: bool = True,
-                   sweeps: bool = False, fp8: bool = False) -> dict:
+                   sweeps: bool = False, fp8: bool = False, progress: Callable[[dict], None] | None = None) -> dict:
     """Every figure of one workload; see ../shared/BENCHMARKS.md for what each means. ``fp8``: the float8
-    engine too, beside bf16 (``result["fp8"]``)."""
+    engine too, beside bf16 (``result["fp8"]``). ``progress(result)`` is called with the figures so far after
+    each step (a run cut short keeps them)."""
     cfg = w.model_config()
-    steps = tqdm(total=4 + fp8 + (len(ABLATIONS) if ablations else 0) + hf + sweeps, desc=w.name)
+    bar = tqdm(total=4 + fp8 + (len(ABLATIONS) if ablations else 0) + hf + sweeps, desc=w.name)
+
+    def step() -> None:
+        bar.update()
+        if progress is not None:
+            progress(result)
+
     model = build_workload(w, cfg)
     decoder, catalog = model.decoder, model.catalog
     requests = workload_requests(w, catalog, cfg)
     serve = model.config.serve
     result: dict = {"workload": dataclasses.asdict(w), "peaks": device_peaks(fp8)}
-    steps.update()
+    step()
     engine, result["warmup_s"] = warm_engine(model, serve)
     result["xgr"] = _measure(engine, requests, seconds, sweep=True)
     sizes = sorted({1, w.max_batch})
     result["phases_ms"] = {f"R{R}": phase_ms(engine, requests, R) for R in sizes}
     result["profile"] = {f"R{R}": kernel_profile(engine, requests, R) for R in sizes}
-    steps.update()
+    step()
     flops = request_flops(cfg, w.prompt_tokens, w.beam_width)
     peak = result["peaks"]["bf16_tflops"] * 1e12
     rps = max(result["xgr"]["max_rps_at_p99_limit"], result["xgr"]["c4"]["throughput_rps"])
@@ -220,16 +227,16 @@ def bench_workload(w: Workload, seconds: float = 3.0, ablations: bool = True, hf
     decode_ms = result["phases_ms"][f"R{w.max_batch}"]["decode"] / w.max_batch  # a request's share of a full batch
     result["decode_over_floor"] = decode_ms / result["decode_floor_ms"]
     result["c1_p50_over_floor"] = c1 * 1e3 / result["floor_ms"]
-    steps.update()
+    step()
     want = _float32_top_k(model, requests)
     bf16 = GREngine(model, _eager(model)).recommend(requests[:len(want)])
     result["bf16_top_k_agreement"] = _top_k_agreement(want, bf16)
-    steps.update()
+    step()
     if fp8:
         result["fp8"] = _fp8(model, requests, seconds, want, flops["total"], result["peaks"])
         gc.collect()
         torch.cuda.empty_cache()
-        steps.update()
+        step()
     if ablations:
         result["ablations"] = {}
         for name, change in ABLATIONS.items():
@@ -241,17 +248,17 @@ def bench_workload(w: Workload, seconds: float = 3.0, ablations: bool = True, hf
                 result["ablations"][name] = {"error": f"out of memory ({str(err).splitlines()[0][:120]})"}
             gc.collect()
             torch.cuda.empty_cache()
-            steps.update()
+            step()
     del engine  # the sweeps and HF need its memory
     gc.collect()
     torch.cuda.empty_cache()
     if sweeps:
         result["sweeps"] = scaling_sweeps(w, decoder, catalog)
-        steps.update()
+        step()
     if hf:
         result["hf"] = _hf(decoder, catalog, requests, seconds)
         if result["hf"].get("best_rps"):
             result["speedup_vs_hf"] = rps / result["hf"]["best_rps"]
-        steps.update()
-    steps.close()
+        step()
+    bar.close()
     return result

@@ -84,8 +84,13 @@ def run(args: argparse.Namespace) -> int:
                                          key=lambda r: r["fraction"])
             entry["returning"] = returning
         else:
+            partial = out / "partial" / f"{name}.json"  # the figures so far, should the run be cut short
+            partial.parent.mkdir(exist_ok=True)
             result = bench_workload(WORKLOADS[name], args.seconds, not args.no_ablations, not args.no_hf,
-                                    args.sweeps, args.fp8)
+                                    args.sweeps, args.fp8,
+                                    progress=lambda r, path=partial: path.write_text(json.dumps({"meta": meta, **r},
+                                                                                                indent=1)))
+            partial.unlink(missing_ok=True)
             kept = {"returning": results["workloads"][name]["returning"]} \
                 if "returning" in results["workloads"].get(name, {}) else {}
             results["workloads"][name] = {"meta": meta, **result, **kept}
