@@ -85,20 +85,25 @@ def _system(p50, rps):
                                                               "throughput_rps": rps}, "peak_memory_gib": 1.0}
 
 
-def test_markdown_table_is_generated_from_the_json(tmp_path):
-    meta = {"gpu": "GPU-X", "torch": "9.9", "command": "xgr bench tiny"}
-    workload = {"meta": meta, "xgr": {**_system(3.0, 500.0), "max_rps_at_p99_limit": 450.0,
+def _measured_workload() -> dict:
+    """What bench_workload returns for one workload, every kind of row in it."""
+    return {"xgr": {**_system(3.0, 500.0), "max_rps_at_p99_limit": 450.0,
                                        "confirmed": {"requests": 1234, "p99_ms": 150.0},
                                        "gpu_ms_per_batch": {"R1": 0.5}},
                 "ablations": {"no compile": _system(4.0, 400.0), "no shared prompt KV": {"error": "out of memory"}},
-                "hf": {"c1": {"p50_ms": 20.0, "p99_ms": 22.0}, "best_rps": 50.0}, "speedup_vs_hf": 10.0,
+                "hf": {"c1": {"p50_ms": 20.0, "p99_ms": 22.0, "throughput_rps": 48.0}, "best_rps": 50.0},
+                "speedup_vs_hf": 10.0,
                 "mfu": 0.25, "floor_ms": 0.1, "c1_p50_over_floor": 30.0, "decode_floor_ms": 0.05,
                 "bf16_top_k_agreement": 0.99, "warmup_s": 12.0, "decode_over_floor": 2.5,
                 "phases_ms": {"R1": {"prefill + level 0": 1.0, "decode level 1": 0.25, "decode": 0.25}},
                 "profile": {"R1": {"kernels_per_replay": 99.0, "ms_by_kind": {"matrix product": 0.75}}},
                 "sweeps": {"beam_width": [{"value": 64, "gpu_ms": 1.0, "phases_ms": {"decode": 0.5}},
                                           {"value": 1024, "error": "out of memory"}]}}
-    results = {"workloads": {"tiny": workload}}
+
+
+def test_markdown_table_is_generated_from_the_json(tmp_path):
+    meta = {"gpu": "GPU-X", "torch": "9.9", "command": "xgr bench tiny"}
+    results = {"workloads": {"tiny": {"meta": meta, **_measured_workload()}}}
     table = markdown_table(results)
     assert "| 450.0 | open loop: 1,234 requests, P99 150.0 ms |" in table
     assert "GPU-X" in table and "| tiny | no shared prompt KV |" in table and "out of memory" in table
@@ -158,15 +163,25 @@ def test_the_benchmark_workload_set_up_answers_as_the_reference_on_the_cpu():
     assert_same_items(ReferenceEngine(model).recommend(requests), engine.recommend(requests))
 
 
-def test_a_run_cut_short_keeps_the_figures_measured_so_far(tmp_path, monkeypatch):
-    def cut_after_the_headline(w, *args, progress, **kwargs):
+@pytest.mark.parametrize("cut_short", [True, False])
+def test_a_run_cut_short_keeps_the_figures_measured_so_far(tmp_path, monkeypatch, cut_short):
+    def measure(w, *args, progress, **kwargs):
         progress({"workload": {"name": w.name}, "xgr": {"max_rps_at_p99_limit": 21.5}})
-        raise TimeoutError("the device call's limit")
+        if cut_short:
+            raise TimeoutError("the device call's limit")
+        return _measured_workload()
 
+    monkeypatch.setenv("XGR_COMMIT", "abc1234")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "GPU-X")
-    monkeypatch.setattr(bench_run, "bench_workload", cut_after_the_headline)
-    assert xgr(["bench", "long", "--out", str(tmp_path)]) != 0
-    kept = json.loads((tmp_path / "partial" / "long.json").read_text())
-    assert kept["xgr"]["max_rps_at_p99_limit"] == 21.5 and kept["meta"]["gpu"] == "GPU-X"
-    assert not (tmp_path / "bench.json").exists()
+    monkeypatch.setattr(bench_run, "bench_workload", measure)
+    code = xgr(["bench", "long", "--out", str(tmp_path / "b")])
+    if cut_short:  # the figures so far, no bench.json
+        kept = json.loads((tmp_path / "b" / "partial" / "long.json").read_text())
+        assert code != 0 and kept["xgr"]["max_rps_at_p99_limit"] == 21.5 and kept["meta"]["gpu"] == "GPU-X"
+        assert not (tmp_path / "b" / "bench.json").exists()
+    else:  # bench.json with the commit measured, the partial file gone
+        assert code == 0 and not (tmp_path / "b" / "partial").exists()
+        written = json.loads((tmp_path / "b" / "bench.json").read_text())["workloads"]["long"]
+        assert written["meta"]["commit"] == "abc1234"
+        assert "commit abc1234" in (tmp_path / "benchmarks.md").read_text()

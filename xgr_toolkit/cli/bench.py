@@ -90,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
                                     args.sweeps, args.fp8,
                                     progress=lambda r, path=partial: path.write_text(json.dumps({"meta": meta, **r},
                                                                                                 indent=1)))
-            partial.unlink(missing_ok=True)
+            partial.unlink()
+            if not any(partial.parent.iterdir()):
+                partial.parent.rmdir()
             kept = {"returning": results["workloads"][name]["returning"]} \
                 if "returning" in results["workloads"].get(name, {}) else {}
             results["workloads"][name] = {"meta": meta, **result, **kept}
