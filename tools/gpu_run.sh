@@ -5,7 +5,8 @@
 # the data carried in .data/, never committed), quality:DATASET (tools/quality_experiment.py on .data/DATASET
 # with $QUALITY_ARGS, e.g. "--seeds 0 --sid-sets ours": one seed and SID set a call; runs add up in
 # build/quality/DATASET while the machine stays warm, and every call writes the summary over all of them),
-# fp8gate (tools/float8_gate.py on .data/amazon-beauty: float8 against bf16 on a trained model, $GATE_ARGS).
+# fp8gate (tools/float8_gate.py on .data/amazon-beauty: float8 against bf16 on a trained model, $GATE_ARGS),
+# truncation:sliding|stable (docs/results.md's truncation-policy commands on .data/amazon-beauty).
 # Data goes to the device in .data/ (git-ignored; carry it), never into the repository.
 set -u
 OUT=${OUT:-/tmp/out}
@@ -39,6 +40,17 @@ for stage in "$@"; do
               --out "$OUT" ${BEAUTY_ARGS:-} 2>&1 | tee "$OUT/beauty.log" | grep -v "it/s\]" | tail -40 ;;
     fp8gate) python3 tools/float8_gate.py --device cuda --data .data/amazon-beauty --work build/float8_gate \
                --out "$OUT" ${GATE_ARGS:-} 2>&1 | tee "$OUT/float8_gate.log" | grep -v "it/s\]\|step/s\]\|user/s\]" | tail -30 ;;
+    truncation:*) # docs/results.md's truncation commands: train with model.truncation T, evaluate; a sliding
+                  # model is also evaluated under stable (serving it with stable, no retraining)
+                  T=${stage#truncation:} D=.data/amazon-beauty M=build/beauty/trunc-${stage#truncation:}
+                  { python3 -m xgr_toolkit train --data $D/sequences.txt --sids $D/semantic_ids.letter.json --codes 256 \
+                      --out $M --layers 4 --hidden 256 --mlp 1024 --dropout 0.3 --label-smoothing 0.1 --epochs 30 \
+                      --patience 0 --batch-size 1024 --lr 2e-3 --seed 0 --device cuda --bf16 --truncation $T \
+                    && python3 -m xgr_toolkit eval $M --data $D/sequences.txt --split both --beam-width 20 \
+                      --device cuda --json "$OUT/trunc-$T.json" \
+                    && { [ "$T" != sliding ] || python3 -m xgr_toolkit eval $M --data $D/sequences.txt --split both \
+                      --beam-width 20 --device cuda --truncation stable --json "$OUT/trunc-sliding-as-stable.json"; }
+                  } 2>&1 | tee "$OUT/truncation_$T.log" | grep -v "it/s\]\|step/s\]\|user/s\]\|epoch/s\]" | tail -20 ;;
     quality:*) name=${stage#quality:}
                timeout ${QUALITY_TIMEOUT:-570} python3 tools/quality_experiment.py --device cuda --data ".data/$name" \
                  --work "build/quality/$name" --out "$OUT" ${QUALITY_ARGS:-} 2>&1 | tee "$OUT/quality_$name.log" \
