@@ -128,6 +128,11 @@ def test_xgr_eval_command(tmp_path, capsys):
     record = json.loads(out.read_text())
     assert [r["split"] for r in record["results"]] == ["valid", "test"]
     assert record["results"][1]["recall@10"] > 0.9 and record["results"][1]["engine"] == "fast"
+    same = tmp_path / "dtype.json"  # the linear layers in the weights' dtype, said explicitly: the same figures
+    assert main(["eval", str(path), "--data", str(data), "--split", "both", "--beam-width", "10",
+                 "--limit-users", "20", "--linear-precision", "dtype", "--json", str(same)]) == 0
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in record["results"]]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads(same.read_text())["results"]] == strip
     assert main(["eval", "--popularity", "--data", str(data)]) == 0
     assert "test: 60 users" in capsys.readouterr().out
     assert main(["eval", "--data", str(data)]) == 2  # neither a model nor --popularity
