@@ -64,6 +64,8 @@ CASES = [
      "argument --limit-users: expected an integer >= 1; got '0'"),
     ("eval float8 on the CPU", ["eval", "M", "--data", "D", "--linear-precision", "float8"],
      "--linear-precision float8 needs --device cuda and --dtype bfloat16"),
+    ("eval float8 layers kept without float8", ["eval", "M", "--data", "D", "--float8-skip", "lm_head"],
+     "--float8-skip needs --linear-precision float8"),
     ("popularity zero users", ["eval", "--popularity", "--data", "D", "--limit-users", "0"],
      "argument --limit-users: expected an integer >= 1; got '0'"),
     ("train zero users", ["train", "--data", "D", "--sids", "S", "--out", "{T}/m1", "--limit-users", "0"],

@@ -15,6 +15,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from xgr_toolkit import ConfigError, ModelConfig, ServeConfig
+from xgr_toolkit.cli.eval import _with_linear_precision
 from xgr_toolkit.engine import GREngine, precision
 from xgr_toolkit.engine.precision import apply_linear_precision, check_float8_device, float8_layer_names
 from xgr_toolkit.engines import ReferenceEngine
@@ -59,6 +60,16 @@ def test_float8_takes_every_linear_layer_but_the_head_by_default():
     names = float8_layer_names(serving_copy(cfg), ServeConfig().float8_skip)
     assert set(names) == {f"layers.{i}.{n}" for i in range(3) for n in LINEARS}
     assert set(float8_layer_names(serving_copy(cfg), [])) == {*names, "lm_head"}
+
+
+@pytest.mark.parametrize("skip", [None, [], ["lm_head", "*.down_proj"]])
+def test_xgr_eval_float8_skip_sets_the_layers_kept(skip):
+    """`xgr eval --linear-precision float8 --float8-skip ...`: the served config keeps those layers (none given:
+    every layer in float8; the option left out: the model's own serve.float8_skip)."""
+    model, _ = random_case(0)
+    served = _with_linear_precision(model, "float8", "cuda", "bfloat16", skip).config.serve
+    assert served.linear_precision == "float8"
+    assert served.float8_skip == (model.config.serve.float8_skip if skip is None else skip)
 
 
 def test_skip_patterns_keep_layers_and_shapes_off_multiples_of_16_stay():

@@ -17,6 +17,7 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +27,9 @@ from xgr_toolkit.cli import main as xgr  # noqa: E402  (after the path set-up, t
 
 GATED = ("recall@10", "ndcg@10")
 TOLERANCE = 0.01  # relative
+# the layers kept in bf16, try by try (fnmatch patterns of the engine's module names): none, then the default
+# (the vocabulary head), then the down and the attention output products, whose inputs have the widest range
+KEEP_BF16 = ([], ["lm_head"], ["lm_head", "*.down_proj"], ["lm_head", "*.down_proj", "*.o_proj"])
 
 
 def gate(bf16: dict[str, float], float8: dict[str, float], tolerance: float = TOLERANCE) -> dict:
@@ -35,12 +39,28 @@ def gate(bf16: dict[str, float], float8: dict[str, float], tolerance: float = TO
             "holds": all(abs(c) <= tolerance for c in change.values())}
 
 
+def gate_tries(bf16: dict[str, float], float8: Callable[[int, list[str]], dict[str, float]]) -> list[dict]:
+    """Float8 (``float8(i, kept_in_bf16)``'s metrics) against ``bf16``, keeping more layers in bf16 each try
+    (:data:`KEEP_BF16`): every layer in float8 and the default always, then more while the gate fails."""
+    tries = []
+    for i, keep in enumerate(KEEP_BF16):
+        metrics = float8(i, keep)
+        tries.append({"kept_in_bf16": keep, "metrics": metrics, **gate(bf16, metrics)})
+        if keep and tries[-1]["holds"]:
+            break
+    return tries
+
+
 def _run(argv: list[str]) -> float:
     print(f"$ xgr {shlex.join(argv)}", flush=True)
     start = time.perf_counter()
     if code := xgr(argv):
         raise SystemExit(f"xgr {argv[0]} failed with exit code {code}")
     return time.perf_counter() - start
+
+
+def _figures(m: dict) -> str:
+    return "  ".join(f"{k} {m[k]:.4f}" for k in ("recall@5", "recall@10", "ndcg@5", "ndcg@10"))
 
 
 def main() -> int:
@@ -64,22 +84,27 @@ def main() -> int:
                                  "--codes", "256", "--mlp", "1024", "--out", model, "--device", args.device,
                                  "--bf16"])
     limit = ["--limit-users", args.limit_users] if args.limit_users else []
-    metrics = {}
-    for precision in ("dtype", "float8"):
-        path = work / f"eval_{precision}.json"
-        seconds[f"eval {precision}"] = _run(["eval", model, "--data", seq, "--split", args.split, "--device",
-                                             args.device, "--dtype", "bfloat16", "--linear-precision", precision,
-                                             *limit, "--json", str(path)])
-        metrics["bf16" if precision == "dtype" else "float8"] = json.loads(path.read_text())["results"][0]
-    result = {"model": model, "data": str(data), "split": args.split, "metrics": metrics, "seconds": seconds,
-              **gate(metrics["bf16"], metrics["float8"])}
+
+    def evaluate(name: str, precision: list[str]) -> dict:
+        path = work / f"eval_{name}.json"
+        seconds[f"eval {name}"] = _run(["eval", model, "--data", seq, "--split", args.split, "--device", args.device,
+                                        "--dtype", "bfloat16", *precision, *limit, "--json", str(path)])
+        return json.loads(path.read_text())["results"][0]
+
+    bf16 = evaluate("bf16", ["--linear-precision", "dtype"])
+    tries = gate_tries(bf16, lambda i, keep: evaluate(f"float8_{i}", ["--linear-precision", "float8",
+                                                                      "--float8-skip", *keep]))
+    default = next(t for t in tries if t["kept_in_bf16"] == ["lm_head"])
+    result = {"model": model, "data": str(data), "split": args.split, "bf16": bf16, "tries": tries,
+              "seconds": seconds, "holds": default["holds"], "relative_change": default["relative_change"],
+              "holding_with_bf16": next((t["kept_in_bf16"] for t in tries if t["holds"]), None)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "float8_gate.json").write_text(json.dumps(result, indent=1))
-    for name, m in metrics.items():
-        print(f"{name:<7}" + "  ".join(f"{k} {m[k]:.4f}" for k in ("recall@5", "recall@10", "ndcg@5", "ndcg@10")))
-    verdict = "holds" if result["holds"] else "fails"
-    print(f"gate ({TOLERANCE:.0%} relative on {', '.join(GATED)}): {verdict}; change "
-          + ", ".join(f"{k} {v:+.2%}" for k, v in result["relative_change"].items()))
+    print(f"bf16 {_figures(bf16)}")
+    for t in tries:
+        print(f"float8, kept in bf16: {', '.join(t['kept_in_bf16']) or 'none'}: {_figures(t['metrics'])}; gate "
+              f"({TOLERANCE:.0%} relative on {', '.join(GATED)}) {'holds' if t['holds'] else 'fails'}: "
+              + ", ".join(f"{k} {v:+.2%}" for k, v in t["relative_change"].items()))
     return 0
 
 

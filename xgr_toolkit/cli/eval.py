@@ -38,17 +38,27 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="the fast engine's linear layers: dtype (--dtype's) or float8 (e4m3, docs/serving.md; needs "
                         "--device cuda on compute capability >= 8.9 and --dtype bfloat16) (default: the model's "
                         "serve.linear_precision)")
+    p.add_argument("--float8-skip", nargs="*", default=None, metavar="PATTERN",
+                   help="with --linear-precision float8: the linear layers kept in --dtype, fnmatch patterns of the "
+                        "engine's module names, e.g. lm_head '*.down_proj'; none given: every layer in float8 "
+                        "(default: the model's serve.float8_skip)")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file (default: none)")
 
 
-def _with_linear_precision(model: GRModel, precision: str | None, device: str, dtype: str) -> GRModel:
-    """``model`` served with ``precision`` on ``device`` in ``dtype`` (None: as it is)."""
+def _with_linear_precision(model: GRModel, precision: str | None, device: str, dtype: str,
+                           float8_skip: list[str] | None) -> GRModel:
+    """``model`` served with ``precision`` on ``device`` in ``dtype``, keeping ``float8_skip`` in ``dtype`` under
+    float8 (None: as it is)."""
+    if float8_skip is not None and precision != "float8":
+        raise ValueError("--float8-skip needs --linear-precision float8 (it names the layers float8 leaves out)")
     if precision is None:
         return model
     if precision == "float8" and not (device.startswith("cuda") and dtype == "bfloat16"):
         raise ValueError(f"--linear-precision float8 needs --device cuda and --dtype bfloat16 (a GPU of compute "
                          f"capability >= 8.9), not --device {device} --dtype {dtype}")
+    skip = model.config.serve.float8_skip if float8_skip is None else float8_skip
     serve = dataclasses.replace(model.config.serve, device=device, dtype=dtype, linear_precision=precision,
+                                float8_skip=skip,
                                 cuda_graphs=model.config.serve.cuda_graphs and device.startswith("cuda"))
     return dataclasses.replace(model, config=dataclasses.replace(model.config, serve=serve))
 
@@ -64,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         beam = beam_of(args, load_config(Path(args.model_dir) / CONFIG_FILE), min_k=max(DEFAULT_KS))
         data = load_interactions(args.data)
         model = _with_linear_precision(load_model_dir(args.model_dir, args.device, args.dtype),
-                                       args.linear_precision, args.device, args.dtype)
+                                       args.linear_precision, args.device, args.dtype, args.float8_skip)
         check_items_have_sids(data, args.data, model.catalog, f"{args.model_dir}'s catalog")
         split = leave_one_out(data)
         cfg = model.config.model
