@@ -24,12 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from xgr_toolkit.cli import main as xgr  # noqa: E402  (after the path set-up, to run from a checkout)
+from xgr_toolkit.config import ServeConfig  # noqa: E402
 
 GATED = ("recall@10", "ndcg@10")
 TOLERANCE = 0.01  # relative
 # the layers kept in bf16, try by try (fnmatch patterns of the engine's module names): none, then the default
-# (the vocabulary head), then the down and the attention output products, whose inputs have the widest range
-KEEP_BF16 = ([], ["lm_head"], ["lm_head", "*.down_proj"], ["lm_head", "*.down_proj", "*.o_proj"])
+# (serve.float8_skip: the vocabulary head), then the down and the attention output products too, whose inputs
+# have the widest range
+DEFAULT_KEPT = ServeConfig().float8_skip
+KEEP_BF16 = ([], DEFAULT_KEPT, [*DEFAULT_KEPT, "*.down_proj"], [*DEFAULT_KEPT, "*.down_proj", "*.o_proj"])
 
 
 def gate(bf16: dict[str, float], float8: dict[str, float], tolerance: float = TOLERANCE) -> dict:
@@ -94,7 +97,7 @@ def main() -> int:
     bf16 = evaluate("bf16", ["--linear-precision", "dtype"])
     tries = gate_tries(bf16, lambda i, keep: evaluate(f"float8_{i}", ["--linear-precision", "float8",
                                                                       "--float8-skip", *keep]))
-    default = next(t for t in tries if t["kept_in_bf16"] == ["lm_head"])
+    default = tries[1]  # KEEP_BF16[1]: what serving with float8 keeps in bf16 unless told otherwise
     result = {"model": model, "data": str(data), "split": args.split, "bf16": bf16, "tries": tries,
               "seconds": seconds, "holds": default["holds"], "relative_change": default["relative_change"],
               "holding_with_bf16": next((t["kept_in_bf16"] for t in tries if t["holds"]), None)}
