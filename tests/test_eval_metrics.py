@@ -128,6 +128,7 @@ def test_xgr_eval_command(tmp_path, capsys):
     record = json.loads(out.read_text())
     assert [r["split"] for r in record["results"]] == ["valid", "test"]
     assert record["results"][1]["recall@10"] > 0.9 and record["results"][1]["engine"] == "fast"
+    assert len(record["results"][1]["ranks"]) == 20  # each user's, for tools/paired_eval.py
     same = tmp_path / "dtype.json"  # the linear layers in the weights' dtype, said explicitly: the same figures
     assert main(["eval", str(path), "--data", str(data), "--split", "both", "--beam-width", "10",
                  "--limit-users", "20", "--linear-precision", "dtype", "--json", str(same)]) == 0

@@ -42,7 +42,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="with --linear-precision float8: the linear layers kept in --dtype, fnmatch patterns of the "
                         "engine's module names, e.g. lm_head '*.down_proj'; none given: every layer in float8 "
                         "(default: the model's serve.float8_skip)")
-    p.add_argument("--json", default=None, help="also write the metrics to this JSON file (default: none)")
+    p.add_argument("--json", default=None, help="also write the metrics and each user's rank to this JSON file; "
+                                                "tools/paired_eval.py compares two such files user by user "
+                                                "(default: none)")
 
 
 def _with_linear_precision(model: GRModel, precision: str | None, device: str, dtype: str,
