@@ -53,7 +53,7 @@ def test_the_tool_compares_the_splits_both_files_hold(tmp_path, capsys):
     b = _eval_file(tmp_path / "b.json", {"test": [0, 0, -1, 2]})
     assert paired_eval.main([str(a), str(b), "--json", str(tmp_path / "out.json")]) == 0
     printed = capsys.readouterr().out
-    assert "| test | recall@5 | 0.5000 | 0.7500 | +0.2500 |" in printed and "| valid |" not in printed
+    assert "| test | recall@5 | 0.5000 | 0.7500 | +0.25000 |" in printed and "| valid |" not in printed
     assert "| 1 of 4 |" in printed
     written = json.loads((tmp_path / "out.json").read_text())
     assert list(written["splits"]) == ["test"] and written["splits"]["test"]["recall@5"]["difference"] == 0.25

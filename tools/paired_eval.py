@@ -41,8 +41,8 @@ def table(name_a: str, name_b: str, compared: dict[str, dict]) -> str:
     for split, d in compared.items():
         for metric in (k for k in d if "@" in k):
             m = d[metric]
-            lines.append(f"| {split} | {metric} | {m['a']:.4f} | {m['b']:.4f} | {m['difference']:+.4f} "
-                         f"| [{m['ci95'][0]:+.4f}, {m['ci95'][1]:+.4f}] | {d['users_changed']} of {d['users']} |")
+            lines.append(f"| {split} | {metric} | {m['a']:.4f} | {m['b']:.4f} | {m['difference']:+.5f} "
+                         f"| [{m['ci95'][0]:+.5f}, {m['ci95'][1]:+.5f}] | {d['users_changed']} of {d['users']} |")
     return "\n".join(lines)
 
 
