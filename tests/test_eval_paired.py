@@ -48,15 +48,19 @@ def _eval_file(path: Path, splits: dict[str, list[int]], data: str = "d/sequence
     return path
 
 
-def test_the_tool_compares_the_splits_both_files_hold(tmp_path, capsys):
+def test_the_tool_compares_each_file_with_the_first_on_the_splits_both_hold(tmp_path, capsys):
     a = _eval_file(tmp_path / "a.json", {"valid": [0, 1, -1, 3], "test": [0, -1, -1, 2]})
     b = _eval_file(tmp_path / "b.json", {"test": [0, 0, -1, 2]})
-    assert paired_eval.main([str(a), str(b), "--json", str(tmp_path / "out.json")]) == 0
+    c = _eval_file(tmp_path / "c.json", {"valid": [0, 1, -1, 3], "test": [-1, -1, -1, 2]})
+    assert paired_eval.main([str(a), str(b), str(c), "--json", str(tmp_path / "out.json"),
+                             "--plot", str(tmp_path / "out.png")]) == 0
     printed = capsys.readouterr().out
-    assert "| test | recall@5 | 0.5000 | 0.7500 | +0.25000 |" in printed and "| valid |" not in printed
-    assert "| 1 of 4 |" in printed
-    written = json.loads((tmp_path / "out.json").read_text())
-    assert list(written["splits"]) == ["test"] and written["splits"]["test"]["recall@5"]["difference"] == 0.25
+    assert f"| {b} | test | recall@5 | 0.5000 | 0.7500 | +0.25000 |" in printed and f"| {b} | valid |" not in printed
+    assert f"| {c} | valid | recall@5 | 0.7500 | 0.7500 | +0.00000 | [+0.00000, +0.00000] | 0 of 4 |" in printed
+    assert f"| {c} | test | recall@5 | 0.5000 | 0.2500 | -0.25000 |" in printed and "| 1 of 4 |" in printed
+    written = json.loads((tmp_path / "out.json").read_text())["compared"]
+    assert list(written[str(b)]) == ["test"] and written[str(b)]["test"]["recall@5"]["difference"] == 0.25
+    assert (tmp_path / "out.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("b_splits, data, message", [

@@ -1,11 +1,12 @@
-"""Two `xgr eval --json` files of the same users compared user by user: each metric's difference and its
-95% interval (xgr_toolkit.evaluation.paired_difference).
+"""`xgr eval --json` files of the same users compared user by user with the first: each metric's difference and
+its 95% interval (xgr_toolkit.evaluation.paired_difference).
 
-    python tools/paired_eval.py build/beauty/trunc-sliding.json build/beauty/trunc-sliding-as-stable.json
+    python tools/paired_eval.py build/beauty/trunc-sliding.json build/beauty/trunc-sliding-as-stable.json \\
+        build/beauty/trunc-stable.json --plot build/beauty/trunc-paired.png
 
-Prints, for every split in both files, A's and B's Recall/NDCG@5/10, B - A, its interval and how many
-users' ranks changed; ``--json`` also writes them. The files must hold the same data and users (the same
-``--data`` and ``--limit-users``).
+Prints, for every later file B and every split that A and B hold, A's and B's Recall/NDCG@5/10, B - A, its
+interval and how many users' ranks changed; ``--json`` also writes them, ``--plot`` draws the differences
+with their intervals. The files must hold the same data and users (the same ``--data`` and ``--limit-users``).
 """
 
 from __future__ import annotations
@@ -35,31 +36,67 @@ def compare(a: dict, b: dict) -> dict[str, dict]:
     return out
 
 
-def table(name_a: str, name_b: str, compared: dict[str, dict]) -> str:
-    lines = [f"A = {name_a}, B = {name_b}", "", "| split | metric | A | B | B - A | 95% interval | users changed |",
-             "|---|---|---|---|---|---|---|"]
-    for split, d in compared.items():
-        for metric in (k for k in d if "@" in k):
-            m = d[metric]
-            lines.append(f"| {split} | {metric} | {m['a']:.4f} | {m['b']:.4f} | {m['difference']:+.5f} "
-                         f"| [{m['ci95'][0]:+.5f}, {m['ci95'][1]:+.5f}] | {d['users_changed']} of {d['users']} |")
+def _metrics(splits: dict[str, dict]) -> list[str]:
+    return [k for k in next(iter(splits.values())) if "@" in k]
+
+
+def table(name_a: str, compared: dict[str, dict[str, dict]]) -> str:
+    lines = [f"A = {name_a}", "", "| B | split | metric | A | B | B - A | 95% interval | users changed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name_b, splits in compared.items():
+        for split, d in splits.items():
+            for metric in _metrics(splits):
+                m = d[metric]
+                lines.append(f"| {name_b} | {split} | {metric} | {m['a']:.4f} | {m['b']:.4f} | {m['difference']:+.5f} "
+                             f"| [{m['ci95'][0]:+.5f}, {m['ci95'][1]:+.5f}] | {d['users_changed']} of {d['users']} |")
     return "\n".join(lines)
+
+
+def plot(name_a: str, compared: dict[str, dict[str, dict]], path: Path) -> None:
+    """One panel per split: each B's difference from A per metric, with its 95% interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = list(dict.fromkeys(s for d in compared.values() for s in d))
+    fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 3.6), squeeze=False, sharey=True)
+    for ax, split in zip(axes[0], splits):
+        for i, (name_b, d) in enumerate((n, d[split]) for n, d in compared.items() if split in d):
+            metrics = [k for k in d if "@" in k]
+            x = [j + 0.8 * (i + 0.5) / len(compared) - 0.4 for j in range(len(metrics))]
+            diff = [d[m]["difference"] for m in metrics]
+            err = [[v - d[m]["ci95"][0] for v, m in zip(diff, metrics)],
+                   [d[m]["ci95"][1] - v for v, m in zip(diff, metrics)]]
+            ax.errorbar(x, diff, yerr=err, fmt="o", capsize=3, label=Path(name_b).stem)
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_xticks(range(len(metrics)), metrics)
+        ax.set_title(f"{split}: B - A, 95% interval")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel(f"difference from {Path(name_a).stem}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[1:]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("a", type=Path, help="the `xgr eval --json` file compared against (A)")
-    p.add_argument("b", type=Path, help="the other file (B)")
-    p.add_argument("--json", type=Path, default=None, help="also write the comparison here (default: none)")
+    p.add_argument("a", type=Path, help="the `xgr eval --json` file the others are compared against (A)")
+    p.add_argument("b", type=Path, nargs="+", help="the other files (each a B)")
+    p.add_argument("--json", type=Path, default=None, help="also write the comparisons here (default: none)")
+    p.add_argument("--plot", type=Path, default=None, help="also draw them to this PNG (default: none)")
     args = p.parse_args(argv)
     try:
-        compared = compare(*(json.loads(path.read_text()) for path in (args.a, args.b)))
+        a = json.loads(args.a.read_text())
+        compared = {str(b): compare(a, json.loads(b.read_text())) for b in args.b}
     except (OSError, ValueError) as err:
         p.error(f"{type(err).__name__}: {err}")
-    print(table(str(args.a), str(args.b), compared))
+    print(table(str(args.a), compared))
     if args.json:
-        args.json.write_text(json.dumps({"a": str(args.a), "b": str(args.b), "splits": compared}, indent=1))
+        args.json.write_text(json.dumps({"a": str(args.a), "compared": compared}, indent=1))
+    if args.plot:
+        plot(str(args.a), compared, args.plot)
     return 0
 
 
