@@ -128,10 +128,16 @@ def test_xgr_eval_command(tmp_path, capsys):
     record = json.loads(out.read_text())
     assert [r["split"] for r in record["results"]] == ["valid", "test"]
     assert record["results"][1]["recall@10"] > 0.9 and record["results"][1]["engine"] == "fast"
-    assert len(record["results"][1]["ranks"]) == 20  # each user's, for tools/paired_eval.py
+    assert "ranks" not in record["results"][1]  # only with --ranks
     same = tmp_path / "dtype.json"  # the linear layers in the weights' dtype, said explicitly: the same figures
     assert main(["eval", str(path), "--data", str(data), "--split", "both", "--beam-width", "10",
                  "--limit-users", "20", "--linear-precision", "dtype", "--json", str(same)]) == 0
+    ranked = tmp_path / "ranks.json"
+    assert main(["eval", str(path), "--data", str(data), "--split", "both", "--beam-width", "10",
+                 "--limit-users", "20", "--json", str(ranked), "--ranks"]) == 0
+    with_ranks = json.loads(ranked.read_text())["results"][1]
+    assert len(with_ranks["ranks"]) == 20 and sum(0 <= r < 10 for r in with_ranks["ranks"]) / 20 == \
+        with_ranks["recall@10"]  # each user's rank, for tools/paired_eval.py
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in record["results"]]
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads(same.read_text())["results"]] == strip
     assert main(["eval", "--popularity", "--data", str(data)]) == 0

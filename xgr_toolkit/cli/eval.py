@@ -42,9 +42,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="with --linear-precision float8: the linear layers kept in --dtype, fnmatch patterns of the "
                         "engine's module names, e.g. lm_head '*.down_proj'; none given: every layer in float8 "
                         "(default: the model's serve.float8_skip)")
-    p.add_argument("--json", default=None, help="also write the metrics and each user's rank to this JSON file; "
-                                                "tools/paired_eval.py compares two such files user by user "
-                                                "(default: none)")
+    p.add_argument("--json", default=None, help="also write the metrics to this JSON file (default: none)")
+    p.add_argument("--ranks", action="store_true",
+                   help="with --json: also each user's rank (0-based, -1: not in the list), which "
+                        "tools/paired_eval.py compares user by user")
 
 
 def _with_linear_precision(model: GRModel, precision: str | None, device: str, dtype: str,
@@ -91,5 +92,7 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         source = "popularity" if args.popularity else str(args.model_dir)
         Path(args.json).write_text(json.dumps({"model": source, "data": str(args.data), "device": args.device,
-                                               "results": [r.to_json() for r in results]}, indent=1))
+                                               "results": [{**r.to_json(), **({"ranks": r.ranks} if args.ranks
+                                                                                 else {})} for r in results]},
+                                              indent=1))
     return 0

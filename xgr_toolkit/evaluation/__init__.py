@@ -3,8 +3,7 @@
 from .evaluate import EvalResult, evaluate_model, evaluate_popularity
 from .item_neighbours import evaluate_item_neighbours
 from .metrics import DEFAULT_KS, hit_rank, ranking_metrics
-from .paired import paired_difference
 from .popularity import popularity_ranking
 
 __all__ = ["DEFAULT_KS", "EvalResult", "evaluate_item_neighbours", "evaluate_model", "evaluate_popularity", "hit_rank",
-           "paired_difference", "popularity_ranking", "ranking_metrics"]
+           "popularity_ranking", "ranking_metrics"]

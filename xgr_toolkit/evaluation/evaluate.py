@@ -38,7 +38,7 @@ class EvalResult:
 
     def to_json(self) -> dict:
         return {"split": self.split, "users": self.users, **{k: round(v, 6) for k, v in self.metrics.items()},
-                "seconds": round(self.seconds, 2), **self.settings, "ranks": self.ranks}
+                "seconds": round(self.seconds, 2), **self.settings}
 
     def line(self) -> str:
         m = self.metrics
